@@ -1,0 +1,3 @@
+"""mnist-cnn: train, evaluate and look inside the classic "Deep MNIST" CNN."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,267 @@
+"""The ``mnist-cnn`` command: parse, call a library function, print.
+
+Errors that a user can fix (bad file, bad setting, missing data) print one line on stderr and
+exit with status 1; usage errors exit with 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import MnistCnnError
+
+PROG = "mnist-cnn"
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
+    from .datasets import DATASETS
+
+    p.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default=dataset_default,
+        help=f"dataset (default: {dataset_default or 'the one the run was trained on'})",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data root holding one folder per dataset (default: $MNIST_CNN_DATA, else "
+        "~/.cache/mnist-cnn)",
+    )
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _setup_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download", help="download a dataset (verified by SHA-256) into the data root"
+    )
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_download)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .datasets import FILES, download_dataset, find_file
+
+    folder = download_dataset(args.dataset, args.data_dir)
+    for raw in FILES.values():
+        print(find_file(folder, raw))
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _setup_train(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES
+    from .train import PRESETS
+
+    p = sub.add_parser(
+        "train",
+        help="train a network (default: the seed's recipe) and print its test accuracy",
+        description="Train a network. Defaults are the seed's recipe: Adam 1e-4, batch 50, "
+        "10,000 steps, dropout 0.5.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="seed",
+        help="recipe to start from (default: seed)",
+    )
+    _add_data_args(p)
+    p.add_argument("--steps", type=_positive_int, help="optimisation steps (seed: 10000)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per step (seed: 50)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (seed: 1e-4)")
+    p.add_argument("--dropout", type=float, help="drop probability in training (seed: 0.5)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="random seed; makes a CPU run repeatable bit for bit "
+        "(default: random, recorded in config.json)",
+    )
+    p.add_argument(
+        "--device",
+        choices=list(DEVICES),
+        default=None,
+        help="where to train (default: auto = cuda, then mps, then cpu)",
+    )
+    p.add_argument("--log-every", type=_positive_int, help="steps between log lines (default 1000)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        help="steps between checkpoints (default 1000; also at the end)",
+    )
+    p.add_argument(
+        "--eval-batch-size",
+        type=_positive_int,
+        help="batch size for validation and test evaluation (default 100)",
+    )
+    p.add_argument(
+        "--full-train",
+        action="store_true",
+        default=None,
+        help="train on all 60,000 images (validation is then not held out)",
+    )
+    p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
+    )
+    p.set_defaults(func=_cmd_train)
+
+
+def _format_log(rec: dict[str, Any]) -> str:
+    line = f"step {rec['step']}, training accuracy {rec['train_accuracy']:g}"
+    line += f", validation accuracy {rec['val_accuracy']:.4f}"
+    if rec.get("loss") is not None:
+        line += f", loss {rec['loss']:.4f}"
+    return line + f" ({rec['seconds']:.1f} s)"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train import preset_config, resume, train
+
+    progress = sys.stderr.isatty()
+
+    def on_log(rec: dict[str, Any]) -> None:
+        tqdm.write(_format_log(rec), file=sys.stdout)
+        sys.stdout.flush()
+
+    if args.resume:
+        result = resume(args.resume, on_log=on_log, progress=progress)
+    else:
+        config = preset_config(
+            args.preset,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            dropout=args.dropout,
+            seed=args.seed,
+            device=args.device,
+            log_every=args.log_every,
+            checkpoint_every=args.checkpoint_every,
+            eval_batch_size=args.eval_batch_size,
+            full_train=args.full_train,
+        )
+        result = train(config, args.out, on_log=on_log, progress=progress)
+    print(f"test accuracy {result.test.accuracy:.4f} ({result.test.correct}/{result.test.total})")
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s; run saved in {result.run_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _setup_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and peak memory of a run")
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=100,
+        help="images per batch (default 100, as the seed's second run)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    _add_data_args(p, dataset_default=None)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    result, info = evaluate_run(
+        args.run,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+    )
+    if args.json:
+        _print_json({"run": str(args.run), "split": args.split, **info, **result.to_dict()})
+        return 0
+    for note in result.notes:
+        print(f"note: {note}")
+    print(
+        f"{info['dataset']} {args.split}: accuracy {result.accuracy:.4f} "
+        f"({result.correct}/{result.total}) at batch size {result.batch_size}"
+    )
+    classes = info["classes"]
+    for label, acc in enumerate(result.per_class_accuracy):
+        shown = "n/a" if acc is None else f"{acc:.4f}"
+        print(f"  class {classes[label]:>11}: {shown}  ({sum(result.confusion[label])} images)")
+    if result.memory is not None:
+        print(result.memory.summary())
+    print(f"{result.seconds:.2f} s on {info['device']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _setup_train,
+    _setup_evaluate,
+    _setup_download,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every subcommand)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train, evaluate and look inside the classic 'Deep MNIST' CNN.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for setup in COMMANDS:
+        setup(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format=f"{PROG}: %(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except MnistCnnError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 130 if type(err).__name__ == "TrainingInterrupted" else 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:  # disk full, permission denied, ...: say what and where, no traceback
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"{PROG}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1

@@ -1,0 +1,341 @@
+"""MNIST-like datasets: a strict IDX reader, the data folder, the seed's splits, both data shapes.
+
+Every dataset here has MNIST's layout: four IDX files (``.gz`` or raw), 60,000 training and
+10,000 test images of 28×28 uint8 pixels, labels 0–9. Images stay uint8 tensors in memory;
+callers scale them per batch (see :func:`to_float`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+VALIDATION_SIZE = 5_000  # the seed's loader held out the first 5,000 training images
+SPLITS = ("train", "val", "test")
+
+# IDX type byte -> numpy dtype (big-endian on disk). MNIST uses only 0x08, but the format has more.
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+FILES = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a dataset comes from and how to check it."""
+
+    name: str
+    mirrors: tuple[str, ...]
+    # SHA-256 of each file's *decompressed* bytes, keyed by the raw file name; None = not published.
+    sha256: dict[str, str | None]
+    classes: tuple[str, ...]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        classes=tuple(str(d) for d in range(10)),
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        mirrors=(
+            "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),
+    "kmnist": DatasetInfo(
+        name="kmnist",
+        mirrors=("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        # No SHA-256 is published for KMNIST: downloads are checked by IDX structure and size.
+        sha256=dict.fromkeys(FILES.values()),
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Look up a dataset by name, failing with the list of known names."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(DATASETS)
+        raise DataError(f"unknown dataset {name!r}: choose one of {known}") from None
+
+
+def default_data_root() -> Path:
+    """``$MNIST_CNN_DATA`` if set, else the user's cache folder (``~/.cache/mnist-cnn``)."""
+    env = os.environ.get("MNIST_CNN_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "mnist-cnn"
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding one dataset's four files: ``<root>/<name>``."""
+    dataset_info(name)
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_root()
+    return root / name
+
+
+# --------------------------------------------------------------------------- IDX reading
+
+
+def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes into an array, checking magic number, dimensions and length."""
+    if len(data) < 4:
+        raise DataError(f"{source}: too short to be an IDX file ({len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(f"{source}: not an IDX file (bad magic number {data[:4].hex()})")
+    type_code, ndim = data[2], data[3]
+    dtype = _IDX_TYPES.get(type_code)
+    if dtype is None:
+        raise DataError(f"{source}: unknown IDX data type 0x{type_code:02x}")
+    if not 1 <= ndim <= 4:
+        raise DataError(f"{source}: IDX header claims {ndim} dimensions (expected 1 to 4)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{source}: truncated IDX header")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    found = len(data) - header
+    if found < expected:
+        raise DataError(
+            f"{source}: truncated: header says {dims} needs {expected:,} bytes, found {found:,}"
+        )
+    if found > expected:
+        raise DataError(
+            f"{source}: {found - expected:,} unexpected bytes after the data for shape {dims}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file, gzip-compressed (by its magic bytes) or raw."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise DataError(f"{path}: truncated gzip file; delete it and download again") from None
+        except (OSError, zlib.error) as err:
+            raise DataError(
+                f"{path}: corrupt gzip file ({err}); delete it and download again"
+            ) from None
+    return parse_idx(raw, str(path))
+
+
+def find_file(folder: Path, raw_name: str) -> Path | None:
+    """The file for ``raw_name`` in ``folder``: the ``.gz`` or the raw one, whichever exists."""
+    for candidate in (folder / f"{raw_name}.gz", folder / raw_name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split held in memory: ``images`` uint8 (N, 28, 28), ``labels`` int64 (N,)."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path) -> None:
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
+        raise DataError(
+            f"{img_path}: expected uint8 images of shape (N, 28, 28), found "
+            f"{images.dtype} {images.shape}; is this an images file?"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(
+            f"{lbl_path}: expected a 1-D uint8 labels file, found {labels.dtype} {labels.shape}"
+        )
+    if len(images) != len(labels):
+        raise DataError(
+            f"{img_path} holds {len(images):,} images but {lbl_path} holds {len(labels):,} labels"
+        )
+    if labels.size and int(labels.max()) >= NUM_CLASSES:
+        raise DataError(f"{lbl_path}: label {int(labels.max())} is outside 0-9")
+
+
+def _load_pair(folder: Path, kind: str, name: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    paths = []
+    for part in ("images", "labels"):
+        raw_name = FILES[f"{kind}-{part}"]
+        path = find_file(folder, raw_name)
+        if path is None:
+            if not download:
+                raise DataError(missing_message(name, folder))
+            download_dataset(name, folder.parent)
+            path = find_file(folder, raw_name)
+            if path is None:  # the downloader raises on failure; this guards a changed layout
+                raise DataError(missing_message(name, folder))
+        paths.append(path)
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    _check_pair(images, labels, paths[0], paths[1])
+    return images, labels
+
+
+def missing_message(name: str, folder: Path) -> str:
+    """Where a dataset's files are expected, and how to get them there."""
+    names = ", ".join(f"{n}.gz" for n in FILES.values())
+    return (
+        f"{name} not found in {folder}: run 'mnist-cnn download --dataset {name}', "
+        f"or put {names} there by hand (or point --data-dir / $MNIST_CNN_DATA at their parent)"
+    )
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Download a dataset's four files (verified, atomic) into ``<data_dir>/<name>``."""
+    from .download import download_files  # only needed when files are missing
+
+    info = dataset_info(name)
+    folder = dataset_dir(name, data_dir)
+    files = {f"{raw}.gz": sha for raw, sha in info.sha256.items()}
+    mirrors = tuple(m for m in os.environ.get("MNIST_CNN_MIRRORS", "").split() if m) or info.mirrors
+    download_files(files, mirrors, folder)
+    return folder
+
+
+@dataclass(frozen=True)
+class MNISTLike:
+    """A whole dataset in memory, split as the seed's loader split it."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+
+    def split(self, name: str) -> Split:
+        """``train``, ``val`` or ``test``."""
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}: choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+def load_dataset(
+    name: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    full_train: bool = False,
+    download: bool = True,
+) -> MNISTLike:
+    """Load a dataset: train 55,000 / val 5,000 (the first 5,000 of the training file) / test.
+
+    With ``full_train`` the training split is all 60,000 images and ``val`` still holds the first
+    5,000 (so validation numbers are then no longer held out; say so when you report them).
+    """
+    info = dataset_info(name)
+    folder = dataset_dir(name, data_dir)
+    train_x, train_y = _load_pair(folder, "train", name, download)
+    test_x, test_y = _load_pair(folder, "test", name, download)
+    if len(train_x) <= VALIDATION_SIZE:
+        raise DataError(
+            f"{folder}: only {len(train_x)} training images; need more than {VALIDATION_SIZE}"
+        )
+    tx, ty = torch.from_numpy(train_x.copy()), torch.from_numpy(train_y.astype(np.int64))
+    start = 0 if full_train else VALIDATION_SIZE
+    return MNISTLike(
+        name=name,
+        classes=info.classes,
+        train=Split("train", tx[start:].clone(), ty[start:].clone()),
+        val=Split("val", tx[:VALIDATION_SIZE].clone(), ty[:VALIDATION_SIZE].clone()),
+        test=Split(
+            "test", torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.astype(np.int64))
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- the seed's two shapes
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape) -> float32 in [0, 1], as the seed's network was fed."""
+    return images.to(torch.float32).div_(255.0)
+
+
+def one_hot(labels: torch.Tensor | np.ndarray, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Integer labels -> float32 one-hot rows (Keras' ``to_categorical``)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(f"labels must lie in 0..{num_classes - 1}")
+    return torch.nn.functional.one_hot(labels, num_classes).to(torch.float32)
+
+
+def as_flat(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's TensorFlow route: (N, 784) float32 in [0, 1] and (N, 10) one-hot labels."""
+    x = to_float(split.images).reshape(len(split), IMAGE_SIZE * IMAGE_SIZE)
+    return x.numpy(), one_hot(split.labels).numpy()
+
+
+def as_keras(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's Keras route: (N, 28, 28) uint8 and (N,) integer labels."""
+    return split.images.numpy(), split.labels.numpy()

@@ -1,0 +1,156 @@
+"""Choosing the device (one function, with an explicit override) and measuring peak memory."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; a named device must exist.
+
+    On CUDA, PyTorch's caching allocator takes memory as tensors need it (nothing is reserved
+    up front), which is what the seed asked of TensorFlow with ``allow_growth``.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.split(":")[0] not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps asked for, but MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def device_description(device: torch.device) -> str:
+    """A human-readable name for the hardware behind ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    return device.type
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so a clock read afterwards means something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# --------------------------------------------------------------------------- peak memory
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory taken inside a ``measure_peak_memory`` block, in bytes.
+
+    CUDA: the caching allocator's peak allocated and reserved bytes. CPU: how far the process's
+    resident set grew above where it stood when the block began.
+    """
+
+    device: str
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    peak_rss_growth: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"device": self.device}
+        for key in ("peak_allocated", "peak_reserved", "peak_rss_growth"):
+            value = getattr(self, key)
+            if value is not None:
+                out[f"{key}_bytes"] = value
+        return out
+
+    def summary(self) -> str:
+        mib = 1024 * 1024
+        if self.peak_reserved is not None:
+            return (
+                f"peak CUDA memory {self.peak_allocated / mib:.1f} MiB allocated, "
+                f"{self.peak_reserved / mib:.1f} MiB reserved"
+            )
+        if self.peak_rss_growth is not None:
+            return f"peak resident memory growth {self.peak_rss_growth / mib:.1f} MiB"
+        return "peak memory not measured on this platform"
+
+
+@contextmanager
+def measure_peak_memory(device: torch.device) -> Iterator[PeakMemory]:
+    """Measure peak memory of the enclosed block on ``device`` (fills the yielded object)."""
+    result = PeakMemory(device=device.type)
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        synchronize(device)
+        result.peak_allocated = torch.cuda.max_memory_allocated(device)
+        result.peak_reserved = torch.cuda.max_memory_reserved(device)
+        return
+    if device.type != "cpu":
+        yield result
+        return
+    start = _status_kib("VmRSS")
+    if start is None:
+        yield result
+        return
+    if _reset_peak_rss():
+        yield result
+        peak = _status_kib("VmHWM") or start
+        result.peak_rss_growth = max(0, peak - start) * 1024
+        return
+    # No clear_refs: sample the resident set from a thread instead (misses very short peaks).
+    peak_seen = [start]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak_seen[0] = max(peak_seen[0], _status_kib("VmRSS") or 0)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        sampler.join()
+        result.peak_rss_growth = max(0, peak_seen[0] - start) * 1024

@@ -1,0 +1,128 @@
+"""The seed's "Deep MNIST" network, its initialisation, and a numerically stable loss.
+
+conv 5×5×32 SAME, ReLU → max-pool 2 → conv 5×5×64 SAME, ReLU → max-pool 2 → flatten 7·7·64 →
+fc 1024, ReLU → dropout → fc 10. Weights truncated normal (std 0.1, cut at 2 std as TensorFlow's
+``truncated_normal`` does), biases 0.1. 3,274,634 parameters.
+
+The forward pass can hand back its intermediate activations by name, so inspection tools read
+exactly what prediction computed instead of re-implementing the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .datasets import IMAGE_SIZE, NUM_CLASSES
+from .errors import ConfigError
+
+ACTIVATIONS = ("conv1", "pool1", "conv2", "pool2", "fc1", "logits")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a network; stored in every checkpoint."""
+
+    arch: str = "deep-mnist"
+    conv1_channels: int = 32
+    conv2_channels: int = 64
+    kernel_size: int = 5
+    hidden: int = 1024
+    dropout: float = 0.5  # probability of dropping (the seed's keep_prob 0.5)
+    num_classes: int = NUM_CLASSES
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class DeepMNIST(nn.Module):
+    """The seed's CNN. Input: float (N, 1, 28, 28), (N, 28, 28) or (N, 784) in [0, 1]."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        pad = c.kernel_size // 2  # SAME padding for an odd kernel at stride 1
+        self.conv1 = nn.Conv2d(1, c.conv1_channels, c.kernel_size, padding=pad)
+        self.conv2 = nn.Conv2d(c.conv1_channels, c.conv2_channels, c.kernel_size, padding=pad)
+        side = IMAGE_SIZE // 4  # two 2×2 poolings: 28 → 14 → 7
+        self.fc1 = nn.Linear(c.conv2_channels * side * side, c.hidden)
+        self.fc2 = nn.Linear(c.hidden, c.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The seed's initialisation: weights N(0, 0.1²) truncated at ±0.2, biases 0.1."""
+        for module in (self.conv1, self.conv2, self.fc1, self.fc2):
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=0.1, a=-0.2, b=0.2)
+            nn.init.constant_(module.bias, 0.1)
+
+    def forward(
+        self, x: torch.Tensor, return_activations: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (N, 10); with ``return_activations`` also a dict name -> tensor."""
+        if x.dim() == 2:  # (N, 784), the seed's flat vectors
+            x = x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        elif x.dim() == 3:  # (N, 28, 28)
+            x = x.unsqueeze(1)
+        acts: dict[str, torch.Tensor] = {}
+        keep: Callable[[str, torch.Tensor], torch.Tensor]
+        if return_activations:
+
+            def keep(name: str, t: torch.Tensor) -> torch.Tensor:
+                acts[name] = t
+                return t
+
+        else:
+
+            def keep(name: str, t: torch.Tensor) -> torch.Tensor:
+                return t
+
+        h = keep("conv1", F.relu(self.conv1(x)))  # (N, 32, 28, 28)
+        h = keep("pool1", F.max_pool2d(h, 2))  # (N, 32, 14, 14)
+        h = keep("conv2", F.relu(self.conv2(h)))  # (N, 64, 14, 14)
+        h = keep("pool2", F.max_pool2d(h, 2))  # (N, 64, 7, 7)
+        h = keep("fc1", F.relu(self.fc1(h.flatten(1))))  # (N, 1024)
+        h = F.dropout(h, self.config.dropout, self.training)
+        logits = keep("logits", self.fc2(h))  # (N, 10)
+        return (logits, acts) if return_activations else logits
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"deep-mnist": DeepMNIST}
+
+
+def build_model(config: ModelConfig | None = None) -> nn.Module:
+    """Build the network a config names (``arch``)."""
+    config = config or ModelConfig()
+    try:
+        cls = ARCHITECTURES[config.arch]
+    except KeyError:
+        known = ", ".join(ARCHITECTURES)
+        raise ConfigError(f"unknown architecture {config.arch!r}: choose one of {known}") from None
+    return cls(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy on logits, computed through log-softmax.
+
+    The seed wrote ``-sum(y * log(softmax(logits)))``: once a probability underflows to 0 the log
+    is -inf and the loss NaN. ``cross_entropy`` uses the log-sum-exp form and never does.
+    The mean (not the seed's sum) keeps the loss comparable across batch sizes; with Adam the
+    update is the same either way, as Adam divides each gradient by its own running scale.
+    """
+    return F.cross_entropy(logits.float(), labels)
