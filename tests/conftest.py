@@ -1,0 +1,67 @@
+"""Shared fixtures: the real MNIST folder and one small trained run for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Tests measure behaviour, not speed: keep them on the CPU and repeatable.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _data_root() -> Path:
+    env = os.environ.get("MNIST_CNN_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding ``mnist/`` with the four IDX files; fails (never skips) without it."""
+    root = _data_root()
+    missing = [
+        name
+        for name in (
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        )
+        if not (root / "mnist" / name).is_file()
+    ]
+    if missing:
+        pytest.fail(
+            f"MNIST not found: put {', '.join(missing)} in {root / 'mnist'} "
+            "(or set MNIST_CNN_DATA to the folder that holds mnist/)"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist(data_root: Path):
+    """The real MNIST, split 55,000 / 5,000 / 10,000."""
+    from mnist_cnn.datasets import load_dataset
+
+    return load_dataset("mnist", data_root, download=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
+    """A run folder with a usefully trained seed network (about 98% test accuracy).
+
+    The seed's network with a 10× learning rate for 600 steps: quick on two cores, and accurate
+    enough for tests that need a model that recognises digits.
+    """
+    from mnist_cnn.train import preset_config, train
+
+    config = preset_config(
+        "seed", steps=600, lr=1e-3, seed=0, device="cpu", log_every=200, checkpoint_every=600
+    )
+    out = tmp_path_factory.mktemp("runs") / "trained"
+    result = train(config, out, data=mnist)
+    assert result.test.accuracy > 0.96, result.test.accuracy
+    return out
