@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def _data_root() -> Path:
-    env = os.environ.get("MNIST_CNN_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    from mnist_cnn.datasets import default_data_root
+
+    return default_data_root()  # $MNIST_CNN_DATA, else the user's cache folder
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +35,8 @@ def data_root() -> Path:
     ]
     if missing:
         pytest.fail(
-            f"MNIST not found: put {', '.join(missing)} in {root / 'mnist'} "
-            "(or set MNIST_CNN_DATA to the folder that holds mnist/)"
+            f"MNIST not found: put {', '.join(missing)} in {root / 'mnist'}, run "
+            "'mnist-cnn download', or set MNIST_CNN_DATA to the folder that holds mnist/"
         )
     return root
 

@@ -1,0 +1,32 @@
+# Everything a new machine needs, in one place. `make train` and `make test` set up .venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# A CPU build of PyTorch. On these machines torch==2.13.0 is a local CPU wheel; elsewhere see
+# the README ("CPU-only machines") or set TORCH='torch' for the default (CUDA) build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,serve,tensorboard,onnx
+
+.PHONY: setup train test lint browser clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	touch $@
+
+train: setup
+	$(VENV)/bin/mnist-cnn train
+
+browser:
+	scripts/install-browser.sh
+
+test: setup browser
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
