@@ -75,6 +75,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _setup_train(sub: argparse._SubParsersAction) -> None:
     from .device import DEVICES
+    from .distributed import DEFAULT_TIMEOUT_S
     from .train import PRESETS
 
     p = sub.add_parser(
@@ -91,7 +92,12 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_args(p)
     p.add_argument("--steps", type=_positive_int, help="optimisation steps (seed: 10000)")
-    p.add_argument("--batch-size", type=_positive_int, help="images per step (seed: 50)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="images per step (seed: 50); under torchrun the global batch, split evenly "
+        "among the processes",
+    )
     p.add_argument("--lr", type=float, help="Adam learning rate (seed: 1e-4)")
     p.add_argument("--dropout", type=float, help="drop probability in training (seed: 0.5)")
     p.add_argument(
@@ -127,6 +133,14 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
     )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for a silent peer before the run stops "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -139,11 +153,19 @@ def _format_log(rec: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import process_group
+
+    # Under torchrun every process runs this command; only rank 0 prints.
+    with process_group(args.dist_timeout) as par:
+        return _train(args, main_process=par.is_main)
+
+
+def _train(args: argparse.Namespace, main_process: bool) -> int:
     from tqdm import tqdm
 
     from .train import preset_config, resume, train
 
-    progress = sys.stderr.isatty()
+    progress = main_process and sys.stderr.isatty()
 
     def on_log(rec: dict[str, Any]) -> None:
         tqdm.write(_format_log(rec), file=sys.stdout)
@@ -168,6 +190,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             full_train=args.full_train,
         )
         result = train(config, args.out, on_log=on_log, progress=progress)
+    if not main_process:
+        return 0
     print(f"test accuracy {result.test.accuracy:.4f} ({result.test.correct}/{result.test.total})")
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; run saved in {result.run_dir}")
     return 0
