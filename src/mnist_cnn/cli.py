@@ -129,6 +129,13 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="train on all 60,000 images (validation is then not held out)",
     )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard logs to RUN/tensorboard: scalars and conv1 feature maps "
+        "(needs: pip install 'mnist-cnn[tensorboard]')",
+    )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
     p.add_argument(
         "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
@@ -188,6 +195,7 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
             checkpoint_every=args.checkpoint_every,
             eval_batch_size=args.eval_batch_size,
             full_train=args.full_train,
+            tensorboard=args.tensorboard,
         )
         result = train(config, args.out, on_log=on_log, progress=progress)
     if not main_process:

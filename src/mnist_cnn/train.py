@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, distributed
+from . import __version__, distributed, tblog
 from .checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -63,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_batch_size: int = 100
     full_train: bool = False  # train on all 60,000 (validation is then not held out)
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -263,6 +264,8 @@ def _run(
     assert config.seed is not None  # set by train(); resume() reads it back
     par = distributed.current()  # rank and process count under torchrun; else one process
     par.check_batch(config.batch_size)
+    if config.tensorboard:
+        tblog.require_tensorboard()  # before anything is written
     device = par.device(config.device)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, full_train=config.full_train)
@@ -302,6 +305,15 @@ def _run(
     train_y = data.train.labels.to(device)
     step_fn = make_train_step(par.wrap(model, device), optimizer)
     metrics_path = run_dir / METRICS_FILE
+    # The first validation digit's conv1 maps are drawn at every log step.
+    board = tblog.open_log(
+        config.tensorboard,
+        run_dir,
+        data.val.images[0],
+        config.batch_size,
+        start_step,
+        write=par.is_main,
+    )
 
     def checkpoint(step: int) -> None:
         if par.is_main:
@@ -336,6 +348,8 @@ def _run(
             fh.write(json.dumps(rec) + "\n")
         if on_log is not None:
             on_log(rec)
+        if board is not None:
+            board.log(rec, model, optimizer)
 
     bar = None
     if progress and par.is_main:
@@ -399,6 +413,8 @@ def _run(
         bar.close()
     if x is not None and step % config.log_every == 0 and n_losses:
         record(step, x, y, loss_sum, n_losses, seconds)
+    if board is not None:
+        board.close()
 
     test = par.evaluate(
         model, data.test.images, data.test.labels, batch_size=config.eval_batch_size, device=device
