@@ -254,12 +254,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+
+
+def _setup_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a run's network to ONNX (dynamic batch), checked with onnxruntime",
+        description="Write the network as ONNX: input 'images' float32 (batch, 1, 28, 28) in "
+        "[0, 1], output 'logits' (batch, 10). Needs: pip install 'mnist-cnn[onnx]'.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("-o", "--out", metavar="FILE", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import CHECK_TOLERANCE, export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset)
+    print(f"wrote {path}: onnxruntime matches PyTorch within {CHECK_TOLERANCE:g}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_train,
     _setup_evaluate,
     _setup_download,
+    _setup_export,
 ]
 
 
