@@ -109,7 +109,10 @@ def _check(model: torch.nn.Module, path: Path) -> None:
         images = torch.rand(n, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
         with torch.inference_mode():
             expected = model(images)
-        got = onnx_logits(path, images)
+        try:
+            got = onnx_logits(path, images)
+        except Exception as err:  # onnxruntime's own error types; say what failed, in one line
+            raise ExportError(f"onnxruntime cannot run the exported file: {_gist(err)}") from None
         if got.shape != expected.shape:
             raise ExportError(
                 f"the ONNX file gives logits of shape {tuple(got.shape)} for batch {n}"
