@@ -75,6 +75,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _setup_train(sub: argparse._SubParsersAction) -> None:
     from .device import DEVICES
+    from .distributed import DEFAULT_TIMEOUT_S
     from .train import PRESETS
 
     p = sub.add_parser(
@@ -91,7 +92,12 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_args(p)
     p.add_argument("--steps", type=_positive_int, help="optimisation steps (seed: 10000)")
-    p.add_argument("--batch-size", type=_positive_int, help="images per step (seed: 50)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="images per step (seed: 50); under torchrun the global batch, split evenly "
+        "among the processes",
+    )
     p.add_argument("--lr", type=float, help="Adam learning rate (seed: 1e-4)")
     p.add_argument("--dropout", type=float, help="drop probability in training (seed: 0.5)")
     p.add_argument(
@@ -123,9 +129,24 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="train on all 60,000 images (validation is then not held out)",
     )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard logs to RUN/tensorboard: scalars and conv1 feature maps "
+        "(needs: pip install 'mnist-cnn[tensorboard]')",
+    )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
     p.add_argument(
         "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for a silent peer before the run stops "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
     )
     p.set_defaults(func=_cmd_train)
 
@@ -139,11 +160,19 @@ def _format_log(rec: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import process_group
+
+    # Under torchrun every process runs this command; only rank 0 prints.
+    with process_group(args.dist_timeout) as par:
+        return _train(args, main_process=par.is_main)
+
+
+def _train(args: argparse.Namespace, main_process: bool) -> int:
     from tqdm import tqdm
 
     from .train import preset_config, resume, train
 
-    progress = sys.stderr.isatty()
+    progress = main_process and sys.stderr.isatty()
 
     def on_log(rec: dict[str, Any]) -> None:
         tqdm.write(_format_log(rec), file=sys.stdout)
@@ -166,8 +195,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             eval_batch_size=args.eval_batch_size,
             full_train=args.full_train,
+            tensorboard=args.tensorboard,
         )
         result = train(config, args.out, on_log=on_log, progress=progress)
+    if not main_process:
+        return 0
     print(f"test accuracy {result.test.accuracy:.4f} ({result.test.correct}/{result.test.total})")
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; run saved in {result.run_dir}")
     return 0
@@ -222,12 +254,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+
+
+def _setup_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a run's network to ONNX (dynamic batch), checked with onnxruntime",
+        description="Write the network as ONNX: input 'images' float32 (batch, 1, 28, 28) in "
+        "[0, 1], output 'logits' (batch, 10). Needs: pip install 'mnist-cnn[onnx]'.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("-o", "--out", metavar="FILE", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import CHECK_TOLERANCE, export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset)
+    print(f"wrote {path}: onnxruntime matches PyTorch within {CHECK_TOLERANCE:g}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_train,
     _setup_evaluate,
     _setup_download,
+    _setup_export,
 ]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed, tblog
 from .checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -38,9 +38,9 @@ from .checkpoint import (
     save_training_state,
 )
 from .datasets import MNISTLike, load_dataset, to_float
-from .device import device_description, select_device, synchronize
+from .device import device_description, synchronize
 from .errors import CheckpointError, ConfigError, MnistCnnError
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult
 from .fileio import atomic_write_json
 from .model import ModelConfig, build_model, count_parameters, loss_fn
 
@@ -63,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_batch_size: int = 100
     full_train: bool = False  # train on all 60,000 (validation is then not held out)
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -219,14 +220,18 @@ def train(
     ``on_log`` receives each metrics record (also appended to ``metrics.jsonl``). ``data`` lets
     a caller pass a dataset already in memory.
     """
+    par = distributed.current()
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
-    if (run_dir / CHECKPOINT_FILE).exists() or (run_dir / CONFIG_FILE).exists():
+    run_dir = Path(par.broadcast_text(str(run_dir)))  # rank 0's choice (timestamps may differ)
+    taken = (run_dir / CHECKPOINT_FILE).exists() or (run_dir / CONFIG_FILE).exists()
+    if par.broadcast_int(int(taken)):  # rank 0 looks before it writes, the others follow
         raise ConfigError(
             f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
             "or choose another --out"
         )
     if config.seed is None:
-        config = dataclasses.replace(config, seed=random.SystemRandom().randrange(2**31))
+        seed = par.broadcast_int(random.SystemRandom().randrange(2**31))
+        config = dataclasses.replace(config, seed=seed)
     return _run(config, run_dir, resume=False, on_log=on_log, progress=progress, data=data)
 
 
@@ -257,7 +262,11 @@ def _run(
     data: MNISTLike | None,
 ) -> TrainResult:
     assert config.seed is not None  # set by train(); resume() reads it back
-    device = select_device(config.device)
+    par = distributed.current()  # rank and process count under torchrun; else one process
+    par.check_batch(config.batch_size)
+    if config.tensorboard:
+        tblog.require_tensorboard()  # before anything is written
+    device = par.device(config.device)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, full_train=config.full_train)
     n_train = len(data.train)
@@ -272,7 +281,7 @@ def _run(
         meta = load_training_state(run_dir, model, optimizer)
         start_step = int(meta["step"])
         log.info("resuming %s at step %d", run_dir, start_step)
-    else:
+    elif par.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             run_dir / CONFIG_FILE,
@@ -286,6 +295,7 @@ def _run(
                     "test": len(data.test),
                 },
                 "environment": environment_info(device),
+                "distributed": par.describe(),
             },
         )
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
@@ -293,11 +303,21 @@ def _run(
     # The whole training split lives on the device as uint8 (43 MB); batches are gathered there.
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
-    step_fn = make_train_step(model, optimizer)
+    step_fn = make_train_step(par.wrap(model, device), optimizer)
     metrics_path = run_dir / METRICS_FILE
+    # The first validation digit's conv1 maps are drawn at every log step.
+    board = tblog.open_log(
+        config.tensorboard,
+        run_dir,
+        data.val.images[0],
+        config.batch_size,
+        start_step,
+        write=par.is_main,
+    )
 
     def checkpoint(step: int) -> None:
-        save_training_state(run_dir, model, optimizer, {"step": step, "seed": config.seed})
+        if par.is_main:
+            save_training_state(run_dir, model, optimizer, {"step": step, "seed": config.seed})
 
     def record(
         step: int, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, n: int, elapsed: float
@@ -305,9 +325,9 @@ def _run(
         # The seed's training accuracy: the current batch, dropout off.
         model.eval()
         with torch.inference_mode():
-            train_acc = (model(x).argmax(1) == y).float().mean().item()
+            train_acc = par.average((model(x).argmax(1) == y).float().mean()).item()
         model.train()
-        val = evaluate(
+        val = par.evaluate(
             model,
             data.val.images,
             data.val.labels,
@@ -317,18 +337,22 @@ def _run(
         )
         rec = {
             "step": step,
-            "loss": loss_sum.item() / n if n else None,
+            "loss": par.average(loss_sum).item() / n if n else None,
             "train_accuracy": train_acc,
             "val_accuracy": val.accuracy,
             "seconds": round(elapsed, 3),
         }
+        if not par.is_main:
+            return
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         if on_log is not None:
             on_log(rec)
+        if board is not None:
+            board.log(rec, model, optimizer)
 
     bar = None
-    if progress:
+    if progress and par.is_main:
         from tqdm import tqdm
 
         bar = tqdm(
@@ -340,7 +364,7 @@ def _run(
     n_losses = 0
     # Time already spent before an interruption is carried over, so "seconds" keeps counting.
     elapsed_before = 0.0
-    if resume and metrics_path.is_file():
+    if resume and par.is_main and metrics_path.is_file():
         lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
         kept = []
         for ln in lines:
@@ -359,13 +383,15 @@ def _run(
     x = y = None
     with _StopFlag() as stop:
         while step < config.steps:
-            idx = batch_indices(config.seed, step, config.batch_size, n_train).to(device)
+            idx = par.shard(batch_indices(config.seed, step, config.batch_size, n_train))
+            idx = idx.to(device)
             x = to_float(train_x[idx]).unsqueeze(1)
             y = train_y[idx]
             if step % config.log_every == 0:
                 record(step, x, y, loss_sum, n_losses, time.perf_counter() - t0)
                 loss_sum.zero_()
                 n_losses = 0
+            par.seed_step(config.seed, step)
             loss_sum += step_fn(x, y)
             n_losses += 1
             step += 1
@@ -387,12 +413,15 @@ def _run(
         bar.close()
     if x is not None and step % config.log_every == 0 and n_losses:
         record(step, x, y, loss_sum, n_losses, seconds)
+    if board is not None:
+        board.close()
 
-    test = evaluate(
+    test = par.evaluate(
         model, data.test.images, data.test.labels, batch_size=config.eval_batch_size, device=device
     )
-    atomic_write_json(
-        run_dir / RESULTS_FILE,
-        {"step": step, "train_seconds": seconds, "test": test.to_dict()},
-    )
+    if par.is_main:
+        atomic_write_json(
+            run_dir / RESULTS_FILE,
+            {"step": step, "train_seconds": seconds, "test": test.to_dict()},
+        )
     return TrainResult(run_dir=run_dir, config=config, steps=step, seconds=seconds, test=test)

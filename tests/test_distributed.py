@@ -1,0 +1,277 @@
+"""Data-parallel training under torchrun: 2 CPU processes over gloo against 1 process.
+
+The runs use a small copy of the real MNIST (the 5,000 validation images, 200 training images and
+101 test images: an odd count, so the two processes evaluate shards of 51 and 50) to stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnist_cnn.cli import main
+from mnist_cnn.distributed import Parallel, current, process_group
+from mnist_cnn.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_IMAGES = 5_200  # the first 5,000 are validation: 200 left to train on
+TEST_IMAGES = 101
+LAUNCH_TIMEOUT_S = 150  # every wait on a child process is bounded
+
+
+def _write_idx(path: Path, array: torch.Tensor) -> None:
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    path.write_bytes(header + array.contiguous().numpy().tobytes())
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
+    """A data root whose ``mnist/`` holds a small slice of the real MNIST as raw IDX files."""
+    root = tmp_path_factory.mktemp("small-data")
+    folder = root / "mnist"
+    folder.mkdir()
+    train_x = torch.cat([mnist.val.images, mnist.train.images])[:TRAIN_IMAGES]
+    train_y = torch.cat([mnist.val.labels, mnist.train.labels])[:TRAIN_IMAGES]
+    _write_idx(folder / "train-images-idx3-ubyte", train_x)
+    _write_idx(folder / "train-labels-idx1-ubyte", train_y.to(torch.uint8))
+    _write_idx(folder / "t10k-images-idx3-ubyte", mnist.test.images[:TEST_IMAGES])
+    _write_idx(folder / "t10k-labels-idx1-ubyte", mnist.test.labels[:TEST_IMAGES].to(torch.uint8))
+    return root
+
+
+def _train_args(root: Path, out: Path, steps: int, dropout: float) -> list[str]:
+    return [
+        "train",
+        "--data-dir",
+        str(root),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "50",
+        "--seed",
+        "3",
+        "--dropout",
+        str(dropout),
+        "--device",
+        "cpu",
+        "--log-every",
+        "1000",  # one record, at step 0: validation costs more than the steps
+        "--checkpoint-every",
+        "10",
+        "--out",
+        str(out),
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(args: list[str], nproc: int = 2, **kwargs) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a free port of its own: parallel test runs never collide
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mnist_cnn",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun still running after {LAUNCH_TIMEOUT_S} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+# --------------------------------------------------------------------------- in one process
+
+
+def test_single_process_is_a_no_op():
+    par = current()
+    assert par == Parallel() and par.is_main and not par.is_distributed
+    idx = torch.arange(50)
+    assert par.shard(idx) is idx
+    par.check_batch(7)  # anything divides among one process
+    state = torch.get_rng_state()
+    par.seed_step(1, 2)
+    assert torch.equal(torch.get_rng_state(), state)  # single-process runs keep the seed recipe
+    with process_group() as joined:
+        assert joined == Parallel()
+
+
+def test_shards_tile_the_global_batch():
+    idx = torch.arange(48)
+    shards = [Parallel(rank=r, world_size=4).shard(idx) for r in range(4)]
+    assert torch.equal(torch.cat(shards), idx)
+
+
+def test_batch_must_divide_among_processes():
+    with pytest.raises(ConfigError, match=r"--batch-size 50 is the global batch.*3 processes.*48"):
+        Parallel(rank=0, world_size=3).check_batch(50)
+
+
+def test_started_by_torchrun_without_joining_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="process_group"):
+        current()
+
+
+def test_ranks_draw_different_dropout_masks_and_the_same_again():
+    def masks(rank: int, step: int) -> torch.Tensor:
+        Parallel(rank=rank, world_size=2).seed_step(3, step)
+        return torch.rand(8)
+
+    assert not torch.equal(masks(0, 5), masks(1, 5))
+    assert not torch.equal(masks(0, 5), masks(0, 6))
+    assert torch.equal(masks(1, 5), masks(1, 5))
+
+
+# --------------------------------------------------------------------------- under torchrun
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
+    """2 gloo processes with batch 25 each end where 1 process with batch 50 ends.
+
+    Dropout is off: each process draws its own masks (by design, so processes never share
+    them), which a single process cannot reproduce; everything else must agree up to float
+    rounding of the gradient average. The second half of the 2-process run is a ``--resume``
+    under torchrun, so every process must load the checkpoint for the weights to agree.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    # Start the 2-process run first and train the 1-process reference while it runs.
+    proc = _torchrun(_train_args(small_root, two, steps=10, dropout=0.0))
+    assert main(_train_args(small_root, one, steps=20, dropout=0.0)) == 0
+    capsys.readouterr()
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    # Rank 0 alone prints: one log line for step 0, one test accuracy line.
+    assert out.count("step 0,") == 1 and out.count("test accuracy") == 1, out
+
+    config = json.loads((two / "config.json").read_text())
+    config["train"]["steps"] = 20  # continue the finished run for 10 more steps
+    (two / "config.json").write_text(json.dumps(config))
+    rc, out, err = _finish(_torchrun(["train", "--resume", str(two)]))
+    assert rc == 0, err
+    assert config["distributed"] == {"world_size": 2, "backend": "gloo"}
+
+    w1, w2 = _weights(one), _weights(two)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        # Adam divides each gradient by its running scale: where a gradient is ~0 (an fc1 unit
+        # that hardly fires) the rounding noise of the 2-way average becomes a step of up to
+        # lr = 1e-4. So: every weight within a few such steps, almost all within 1e-5.
+        diff = (w1[name] - w2[name]).abs()
+        assert diff.max() < 5e-4, (name, diff.max())
+        assert (diff > 1e-5).float().mean() < 1e-3, (name, (diff > 1e-5).sum())
+    assert not torch.equal(w1["fc1.weight"], _weights_at_init())  # it did train
+
+    # One metrics record at step 0 (rank 0 only writes), with the global batch's figures.
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in m2] == [0]
+    assert m2[0]["train_accuracy"] == pytest.approx(m1[0]["train_accuracy"])
+    assert m2[0]["val_accuracy"] == pytest.approx(m1[0]["val_accuracy"])
+
+    # The 101 test images are split 51 + 50 and summed: each counted once.
+    r1 = json.loads((one / "results.json").read_text())["test"]
+    r2 = json.loads((two / "results.json").read_text())["test"]
+    assert r2["total"] == TEST_IMAGES == r1["total"]
+    assert r2["confusion"] == r1["confusion"]
+
+
+def _weights_at_init() -> torch.Tensor:
+    from mnist_cnn.model import build_model
+
+    torch.manual_seed(3)
+    return build_model().state_dict()["fc1.weight"]
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_is_refused(small_root: Path, tmp_path: Path):
+    args = _train_args(small_root, tmp_path / "run", steps=2, dropout=0.0)
+    args[args.index("--batch-size") + 1] = "51"
+    rc, out, err = _finish(_torchrun(args))
+    assert rc != 0
+    assert "mnist-cnn: error: --batch-size 51 is the global batch" in err
+    assert "Traceback" not in err.split("mnist-cnn: error:")[0]
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_stops_the_run(small_root: Path, tmp_path: Path):
+    """Kill rank 1 mid-run: the launcher and rank 0 stop within a bounded time, saying why."""
+    run = tmp_path / "run"
+    proc = _torchrun(_train_args(small_root, run, steps=100_000, dropout=0.5))
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (run / "metrics.jsonl").is_file():  # step 0 logged: training is under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        ranks = {_rank_of(p): p for p in _children(proc.pid)}
+        assert 1 in ranks, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        rc, out, err = _finish(proc)
+        waited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc != 0
+    assert waited < 60, waited
+    # torchrun names the dead rank; rank 0 says in one line that the run stopped and why.
+    assert "rank: 1" in err and "SIGKILL" in err, err
+    assert "mnist-cnn: error:" in err and "--resume" in err, err
