@@ -65,3 +65,17 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
     result = train(config, out, data=mnist)
     assert result.test.accuracy > 0.96, result.test.accuracy
     return out
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    """Real MNIST with small validation and test splits, for tests where accuracy is not the
+    point: evaluation then costs little next to the steps under test."""
+    import dataclasses
+
+    from mnist_cnn.datasets import Split
+
+    def head(split: Split, n: int) -> Split:
+        return Split(split.name, split.images[:n], split.labels[:n])
+
+    return dataclasses.replace(mnist, val=head(mnist.val, 500), test=head(mnist.test, 500))

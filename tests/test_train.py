@@ -46,13 +46,15 @@ def test_seed_recipe_300_steps_reaches_90_percent(tmp_path, mnist):
     assert results["test"]["accuracy"] == result.test.accuracy
 
 
-def test_same_seed_same_weights_on_cpu(tmp_path, mnist):
+def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist):
     config = preset_config("seed", steps=15, seed=5, device="cpu", log_every=100)
-    a = train(config, tmp_path / "a", data=mnist)
-    b = train(config, tmp_path / "b", data=mnist)
+    a = train(config, tmp_path / "a", data=small_mnist)
+    b = train(config, tmp_path / "b", data=small_mnist)
     wa, wb = _weights(a.run_dir), _weights(b.run_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(preset_config("seed", steps=15, seed=6, device="cpu"), tmp_path / "c", data=mnist)
+    c = train(
+        preset_config("seed", steps=15, seed=6, device="cpu"), tmp_path / "c", data=small_mnist
+    )
     assert not torch.equal(wa["fc1.weight"], _weights(c.run_dir)["fc1.weight"])
 
 
@@ -64,11 +66,11 @@ def test_data_order_is_a_function_of_seed_and_step():
     assert not torch.equal(batch_indices(1, 20, 50, 1000), first)  # a new epoch reshuffles
 
 
-def test_refuses_to_overwrite_a_run(tmp_path, mnist):
+def test_refuses_to_overwrite_a_run(tmp_path, small_mnist):
     config = preset_config("seed", steps=2, seed=0, device="cpu")
-    train(config, tmp_path / "run", data=mnist)
+    train(config, tmp_path / "run", data=small_mnist)
     with pytest.raises(ConfigError, match="--resume"):
-        train(config, tmp_path / "run", data=mnist)
+        train(config, tmp_path / "run", data=small_mnist)
 
 
 def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
