@@ -117,7 +117,7 @@ def _download(
         try:
             _fetch_to(url, final, expected, timeout)
         except _MirrorFailure as failure:
-            log.warning("%s: %s", url, failure.reason)
+            log.info("%s: %s", url, failure.reason)
             failures.append((mirror, failure))
             continue
         log.info("saved %s", final)
