@@ -221,7 +221,7 @@ function show(result, label) {
   result.probabilities.forEach((p, k) => {
     const row = rows[k];
     row.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
-    row.querySelector(".pct").textContent = `${(100 * p).toFixed(1)}%`;
+    row.querySelector(".pct").textContent = p > 0 && p < 0.0005 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
     row.classList.toggle("top", k === top);
     row.classList.toggle("label", label !== null && k === label);
   });
