@@ -33,6 +33,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must lie in 0-65535, got {value}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     from .datasets import DATASETS
 
@@ -244,7 +254,7 @@ def _setup_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=DEFAULT_PORT,
         help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)",
     )
@@ -269,10 +279,6 @@ def _setup_serve(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import is_loopback, serve
-
-    if not 0 <= args.port <= 65535:
-        print(f"{PROG}: error: --port must lie in 0-65535, got {args.port}", file=sys.stderr)
-        return 2
 
     def on_ready(url: str) -> None:
         if is_loopback(args.host):
