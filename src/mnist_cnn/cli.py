@@ -33,6 +33,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must lie in 0-65535, got {value}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     from .datasets import DATASETS
 
@@ -280,6 +290,78 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _setup_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
+
+    p = sub.add_parser(
+        "serve",
+        help="a web page to draw digits and watch the run's prediction and feature maps",
+        description="Serve a page where you draw a digit and see the network's prediction, "
+        "the input as it sees it and its conv1/conv2 feature maps, plus a JSON API "
+        "(documented at /docs).",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: this machine only; "
+        "0.0.0.0 lets other machines connect)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="cpu, cuda, mps or auto (default cpu: one digit at a time)"
+    )
+    p.add_argument(
+        "--max-body-kib",
+        type=_positive_int,
+        default=MAX_BODY_BYTES // 1024,
+        help=f"largest request body accepted, in KiB (default {MAX_BODY_BYTES // 1024}); "
+        "larger ones get 413",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data root holding the run's dataset, for the random-test-digit button "
+        "(default: $MNIST_CNN_DATA, else ~/.cache/mnist-cnn)",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import is_loopback, serve
+
+    def on_ready(url: str) -> None:
+        if is_loopback(args.host):
+            print(f"serving {args.run} at {url} (this machine only; --host 0.0.0.0 to share)")
+        else:
+            print(f"serving {args.run} at {url}")
+            print(
+                f"{PROG}: warning: listening on {args.host}, not 127.0.0.1: anyone who can "
+                "reach this machine can use the page and the API",
+                file=sys.stderr,
+            )
+        print("press Ctrl-C to stop", flush=True)
+
+    serve(
+        args.run,
+        args.host,
+        args.port,
+        data_dir=args.data_dir,
+        device=args.device,
+        max_body_bytes=args.max_body_kib * 1024,
+        on_ready=on_ready,
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -287,6 +369,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_evaluate,
     _setup_download,
     _setup_export,
+    _setup_serve,
 ]
 
 

@@ -1,0 +1,350 @@
+// The draw-a-digit page: draw with Pointer Events, post the drawing as a PNG to /api/predict,
+// show the 28×28 input, the class probabilities and the conv1/conv2 feature maps.
+// No libraries and nothing fetched from elsewhere: everything here talks to this server only.
+"use strict";
+
+const INK_WIDTH = 22; // stroke width in pad pixels (pad 280×280 ≈ MNIST's 2–3 px strokes at 28×28)
+const DEBOUNCE_MS = 60; // wait this long after the last stroke change before asking again
+const GRID = {
+  // maps per row, gap between maps in native pixels, enlargement shown by CSS (integer: crisp)
+  conv1: { cols: 8, gap: 2 },
+  conv2: { cols: 8, gap: 1 },
+};
+const GAP_RGB = [255, 255, 255];
+
+const $ = (id) => document.getElementById(id);
+const pad = $("pad");
+const ctx = pad.getContext("2d");
+let classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+let hasInk = false; // something drawn since the last clear
+let mode = "draw"; // "draw" or "test" (a test digit is on the pad)
+let lastResult = null;
+let inFlight = false;
+let pending = false;
+let timer = null;
+
+// ------------------------------------------------------------------ colour map (viridis)
+
+const VIRIDIS = [
+  [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
+  [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37],
+];
+const LUT = new Uint8ClampedArray(256 * 3);
+for (let i = 0; i < 256; i++) {
+  const t = (i / 255) * (VIRIDIS.length - 1);
+  const k = Math.min(Math.floor(t), VIRIDIS.length - 2);
+  const f = t - k;
+  for (let c = 0; c < 3; c++) {
+    LUT[i * 3 + c] = Math.round(VIRIDIS[k][c] * (1 - f) + VIRIDIS[k + 1][c] * f);
+  }
+}
+
+// ------------------------------------------------------------------ drawing
+
+function clearPad() {
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  hasInk = false;
+}
+
+function padPoint(ev) {
+  const r = pad.getBoundingClientRect();
+  return [((ev.clientX - r.left) / r.width) * pad.width, ((ev.clientY - r.top) / r.height) * pad.height];
+}
+
+let drawing = null; // the pointer id that is drawing, and its last point
+
+function startStroke(ev) {
+  if (drawing !== null || (ev.pointerType === "mouse" && ev.button !== 0)) return;
+  ev.preventDefault();
+  if (mode === "test") {
+    clearPad();
+    mode = "draw";
+    showSource("Draw a digit from 0 to 9 in the box.");
+  }
+  pad.setPointerCapture(ev.pointerId);
+  const [x, y] = padPoint(ev);
+  drawing = { id: ev.pointerId, x, y };
+  ctx.fillStyle = "#fff";
+  ctx.beginPath();
+  ctx.arc(x, y, INK_WIDTH / 2, 0, 2 * Math.PI);
+  ctx.fill();
+  hasInk = true;
+  schedule();
+}
+
+function moveStroke(ev) {
+  if (drawing === null || ev.pointerId !== drawing.id) return;
+  ev.preventDefault();
+  const events = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [];
+  ctx.strokeStyle = "#fff";
+  ctx.lineWidth = INK_WIDTH;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.beginPath();
+  ctx.moveTo(drawing.x, drawing.y);
+  for (const e of events.length ? events : [ev]) {
+    const [x, y] = padPoint(e);
+    ctx.lineTo(x, y);
+    drawing.x = x;
+    drawing.y = y;
+  }
+  ctx.stroke();
+  schedule();
+}
+
+function endStroke(ev) {
+  if (drawing === null || ev.pointerId !== drawing.id) return;
+  drawing = null;
+  schedule(0);
+}
+
+pad.addEventListener("pointerdown", startStroke);
+pad.addEventListener("pointermove", moveStroke);
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+// ------------------------------------------------------------------ asking the server
+
+function schedule(delay = DEBOUNCE_MS) {
+  clearTimeout(timer);
+  timer = setTimeout(predictDrawing, delay);
+}
+
+async function predictDrawing() {
+  if (mode !== "draw" || !hasInk) return;
+  if (inFlight) {
+    pending = true; // ask again with the newest drawing once this answer is in
+    return;
+  }
+  inFlight = true;
+  pending = false;
+  try {
+    const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
+    const res = await fetch("/api/predict?activations=true", {
+      method: "POST",
+      headers: { "Content-Type": "image/png" },
+      body: blob,
+    });
+    const body = await res.json();
+    if (mode !== "draw") return; // a test digit arrived meanwhile
+    if (!res.ok) {
+      showStatus(body.detail || `the server answered ${res.status}`, true);
+      return;
+    }
+    showStatus("");
+    show(body, null);
+  } catch (err) {
+    showStatus(`cannot reach the server (${err.message})`, true);
+  } finally {
+    inFlight = false;
+    if (pending) schedule(0);
+  }
+}
+
+async function randomTestDigit() {
+  clearTimeout(timer);
+  pending = false;
+  try {
+    const res = await fetch("/api/random-test-digit?activations=true");
+    const body = await res.json();
+    if (!res.ok) {
+      showStatus(body.detail || `the server answered ${res.status}`, true);
+      return;
+    }
+    mode = "test";
+    paintTestDigit(body.input);
+    showSource(
+      `Test image #${body.index}, labelled ${classes[body.label]}. ` +
+        (body.correct ? "The network gets it right." : "The network gets it wrong.")
+    );
+    showStatus("");
+    show(body, body.label);
+  } catch (err) {
+    showStatus(`cannot reach the server (${err.message})`, true);
+  }
+}
+
+$("clear").addEventListener("click", () => {
+  clearTimeout(timer);
+  pending = false;
+  mode = "draw";
+  clearPad();
+  showSource("Draw a digit from 0 to 9 in the box.");
+  showStatus("");
+  showEmpty();
+});
+$("random").addEventListener("click", randomTestDigit);
+$("scale").addEventListener("change", () => {
+  if (lastResult) drawAllMaps(lastResult.activations);
+});
+
+// ------------------------------------------------------------------ showing an answer
+
+function decode(b64) {
+  const raw = atob(b64);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+function paintGray(canvas, encoded) {
+  const [h, w] = encoded.shape;
+  const px = decode(encoded.data);
+  const img = new ImageData(w, h);
+  for (let i = 0; i < w * h; i++) {
+    img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = px[i];
+    img.data[4 * i + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(img, 0, 0);
+}
+
+function paintTestDigit(encoded) {
+  const small = document.createElement("canvas");
+  small.width = encoded.shape[1];
+  small.height = encoded.shape[0];
+  paintGray(small, encoded);
+  clearPad();
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(small, 0, 0, pad.width, pad.height);
+}
+
+function show(result, label) {
+  lastResult = result;
+  paintGray($("input"), result.input);
+  const top = result.prediction;
+  $("prediction").textContent = classes[top];
+  $("prediction").classList.toggle("long", classes[top].length > 2);
+  $("confidence").textContent = `${(100 * result.probabilities[top]).toFixed(1)}% sure`;
+  $("mistake").hidden = label === null || label === top;
+  const rows = $("bars").children;
+  result.probabilities.forEach((p, k) => {
+    const row = rows[k];
+    row.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
+    row.querySelector(".pct").textContent = p > 0 && p < 0.0005 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
+    row.classList.toggle("top", k === top);
+    row.classList.toggle("label", label !== null && k === label);
+  });
+  drawAllMaps(result.activations);
+}
+
+function showEmpty() {
+  lastResult = null;
+  $("input").getContext("2d").clearRect(0, 0, 28, 28);
+  $("prediction").textContent = "–";
+  $("confidence").innerHTML = "&nbsp;";
+  $("mistake").hidden = true;
+  for (const row of $("bars").children) {
+    row.querySelector(".fill").style.width = "0";
+    row.querySelector(".pct").textContent = "";
+    row.classList.remove("top", "label");
+  }
+  for (const name of Object.keys(GRID)) {
+    const c = $(name);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
+}
+
+function drawAllMaps(activations) {
+  if (!activations) return;
+  for (const name of Object.keys(GRID)) {
+    if (activations[name]) drawMaps($(name), activations[name], GRID[name]);
+  }
+}
+
+// One canvas per layer, maps tiled in a grid at native size; CSS enlarges it without smoothing.
+function drawMaps(canvas, enc, grid) {
+  const [n, h, w] = enc.shape;
+  const rows = Math.ceil(n / grid.cols);
+  const width = grid.cols * w + (grid.cols - 1) * grid.gap;
+  const height = rows * h + (rows - 1) * grid.gap;
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  const q = decode(enc.data);
+  const perLayer = $("scale").value === "layer";
+  const layerMax = Math.max(...enc.max);
+  const img = new ImageData(width, height);
+  for (let i = 0; i < width * height; i++) {
+    img.data.set(GAP_RGB, 4 * i);
+    img.data[4 * i + 3] = 255;
+  }
+  for (let m = 0; m < n; m++) {
+    const x0 = (m % grid.cols) * (w + grid.gap);
+    const y0 = Math.floor(m / grid.cols) * (h + grid.gap);
+    const lo = enc.min[m];
+    const span = enc.max[m] - lo;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        let level = q[m * h * w + y * w + x];
+        if (perLayer) {
+          const value = lo + (level / 255) * span;
+          level = layerMax > 0 ? Math.round((255 * Math.max(value, 0)) / layerMax) : 0;
+        }
+        const o = 4 * ((y0 + y) * width + x0 + x);
+        img.data[o] = LUT[3 * level];
+        img.data[o + 1] = LUT[3 * level + 1];
+        img.data[o + 2] = LUT[3 * level + 2];
+      }
+    }
+  }
+  canvas.getContext("2d").putImageData(img, 0, 0);
+}
+
+function showStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function showSource(text) {
+  $("source").textContent = text;
+}
+
+// ------------------------------------------------------------------ start
+
+function buildBars() {
+  const list = $("bars");
+  list.textContent = "";
+  list.classList.toggle("long-names", classes.some((c) => c.length > 2));
+  for (const name of classes) {
+    const li = document.createElement("li");
+    li.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="pct"></span>';
+    li.querySelector(".name").textContent = name;
+    list.appendChild(li);
+  }
+}
+
+function sizeMapCanvases() {
+  // Start at the final size (blank) so the layout does not jump at the first answer.
+  const shapes = { conv1: [32, 28, 28], conv2: [64, 14, 14] };
+  for (const [name, [n, h, w]] of Object.entries(shapes)) {
+    const g = GRID[name];
+    const rows = Math.ceil(n / g.cols);
+    $(name).width = g.cols * w + (g.cols - 1) * g.gap;
+    $(name).height = rows * h + (rows - 1) * g.gap;
+  }
+}
+
+async function loadInfo() {
+  try {
+    const info = await (await fetch("/api/info")).json();
+    classes = info.classes;
+    buildBars();
+    const parts = [`run ${info.run}`, info.dataset];
+    if (info.step != null) parts.push(`step ${info.step}`);
+    if (info.test_accuracy != null) parts.push(`test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`);
+    $("run-info").textContent = parts.join(" · ");
+    if (!info.test_digits) {
+      $("random").disabled = true;
+      $("random").title = "the test set is not available on this server";
+    }
+  } catch (err) {
+    showStatus(`cannot reach the server (${err.message})`, true);
+  }
+}
+
+clearPad();
+buildBars();
+sizeMapCanvases();
+loadInfo();
