@@ -176,7 +176,7 @@ def test_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fast_preset_config() -> None:
     config = PRESETS["fast"]
     assert config.model.arch == "fast-cnn"
-    assert config.model.conv1_channels == 32 and config.model.conv2_channels == 64
+    assert config.model.conv1_channels == 16 and config.model.conv2_channels == 32
     assert config.schedule == "onecycle" and config.fast
     assert PRESETS["seed"].model.arch == "deep-mnist" and PRESETS["seed"].schedule == "constant"
     assert type(config).from_dict(config.to_dict()) == config

@@ -123,6 +123,18 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="train on all 60,000 images (validation is then not held out)",
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bf16 autocast where the device computes bf16 natively, else fp32",
+    )
+    p.add_argument(
+        "--plain-step",
+        dest="fast",
+        action="store_false",
+        default=None,
+        help="use the plain eager step instead of the fast path (same recipe, slower)",
+    )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
     p.add_argument(
         "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
@@ -166,6 +178,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             eval_batch_size=args.eval_batch_size,
             full_train=args.full_train,
+            precision=args.precision,
+            fast=args.fast,
         )
         result = train(config, args.out, on_log=on_log, progress=progress)
     print(f"test accuracy {result.test.accuracy:.4f} ({result.test.correct}/{result.test.total})")
@@ -222,12 +236,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def _setup_bench(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES
+
+    p = sub.add_parser(
+        "bench",
+        help="time the plain training loop against the fast path on this machine",
+        description="Train the seed's network with the plain loop (DataLoader, eager) and with "
+        "the fast path, alternating, on random images; print images/s, ratio and peak memory.",
+    )
+    p.add_argument("--steps", type=_positive_int, default=300, help="timed steps each (300)")
+    p.add_argument("--batch-size", type=_positive_int, default=50, help="images per step (50)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="default auto")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from .bench import format_table, run_bench
+    from .device import device_description, select_device
+
+    device = select_device(args.device)
+    rows = run_bench(device, steps=args.steps, batch_size=args.batch_size)
+    where = f"{device_description(device)}, {date.today().isoformat()}"
+    if args.json:
+        _print_json({"device": where, "rows": [r.to_dict() for r in rows]})
+        return 0
+    print(f"seed network, batch {args.batch_size}, on {where}")
+    print(format_table(rows))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_train,
     _setup_evaluate,
     _setup_download,
+    _setup_bench,
 ]
 
 

@@ -412,6 +412,20 @@ def prepare_model(model: nn.Module, device: torch.device, *, fast: bool) -> nn.M
     return model
 
 
+@torch.no_grad()
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout.
+
+    State loaded from a checkpoint is contiguous (NCHW) while channels-last weights are not;
+    an element-wise optimizer over tensors of different layouts would round differently from
+    one that never stopped, and resume would no longer be exact.
+    """
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def build_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -425,6 +439,7 @@ def build_train_step(
     """The step function a run uses: plain eager, fast eager, or a captured CUDA graph."""
     if not fast:
         return make_step(model, optimizer, lr=lr, start_step=start_step)
+    match_state_layout(optimizer)
     amp = autocast_dtype(device, precision)
     if use_cuda_graph(device) and lr is None:
         return LazyGraphedStep(model, optimizer, amp_dtype=amp)

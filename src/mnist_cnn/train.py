@@ -108,16 +108,20 @@ class TrainConfig:
         return cls(model=model, **data)
 
 
-FAST_MODEL = ModelConfig(arch="fast-cnn", kernel_size=3, hidden=128, dropout=0.0)
+# 16/32 channels: on the validation split, two epochs of this beat one epoch of 32/64 channels
+# (99.26% vs 99.20%) at three quarters of the arithmetic. See docs/speed.md.
+FAST_MODEL = ModelConfig(
+    arch="fast-cnn", conv1_channels=16, conv2_channels=32, kernel_size=3, hidden=128, dropout=0.0
+)
 
 PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(),
     # Designed for a whole command in well under 30 s on two CPU cores; see docs/speed.md.
     "fast": TrainConfig(
         preset="fast",
-        steps=860,
+        steps=860,  # two epochs of the 55,000 training images
         batch_size=128,
-        lr=3e-3,
+        lr=1e-2,  # the peak of the one-cycle schedule
         schedule="onecycle",
         shift=1,
         log_every=10_000,
