@@ -146,6 +146,18 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         help="also write TensorBoard logs to RUN/tensorboard: scalars and conv1 feature maps "
         "(needs: pip install 'mnist-cnn[tensorboard]')",
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bf16 autocast where the device computes bf16 natively, else fp32",
+    )
+    p.add_argument(
+        "--plain-step",
+        dest="fast",
+        action="store_false",
+        default=None,
+        help="use the plain eager step instead of the fast path (same recipe, slower)",
+    )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
     p.add_argument(
         "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
@@ -206,6 +218,8 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
             eval_batch_size=args.eval_batch_size,
             full_train=args.full_train,
             tensorboard=args.tensorboard,
+            precision=args.precision,
+            fast=args.fast,
         )
         result = train(config, args.out, on_log=on_log, progress=progress)
     if not main_process:
@@ -362,6 +376,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def _setup_bench(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES
+
+    p = sub.add_parser(
+        "bench",
+        help="time the plain training loop against the fast path on this machine",
+        description="Train the seed's network with the plain loop (DataLoader, eager) and with "
+        "the fast path, alternating, on random images; print images/s, ratio and peak memory.",
+    )
+    p.add_argument("--steps", type=_positive_int, default=300, help="timed steps each (300)")
+    p.add_argument("--batch-size", type=_positive_int, default=50, help="images per step (50)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="default auto")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from .bench import format_table, run_bench
+    from .device import device_description, select_device
+
+    device = select_device(args.device)
+    rows = run_bench(device, steps=args.steps, batch_size=args.batch_size)
+    where = f"{device_description(device)}, {date.today().isoformat()}"
+    if args.json:
+        _print_json({"device": where, "rows": [r.to_dict() for r in rows]})
+        return 0
+    print(f"seed network, batch {args.batch_size}, on {where}")
+    print(format_table(rows))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -370,6 +420,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_download,
     _setup_export,
     _setup_serve,
+    _setup_bench,
 ]
 
 

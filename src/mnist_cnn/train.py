@@ -37,10 +37,19 @@ from .checkpoint import (
     read_run_config,
     save_training_state,
 )
-from .datasets import MNISTLike, load_dataset, to_float
+from .datasets import MNISTLike, load_dataset
 from .device import device_description, synchronize
 from .errors import CheckpointError, ConfigError, MnistCnnError
 from .evaluate import EvalResult
+from .fast import (
+    PRECISIONS,
+    SCHEDULES,
+    BatchSource,
+    build_train_step,
+    lr_schedule,
+    make_adam,
+    prepare_model,
+)
 from .fileio import atomic_write_json
 from .model import ModelConfig, build_model, count_parameters, loss_fn
 
@@ -64,6 +73,10 @@ class TrainConfig:
     eval_batch_size: int = 100
     full_train: bool = False  # train on all 60,000 (validation is then not held out)
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
+    fast: bool = True  # the fast step (fast.py): same recipe, less overhead; False: plain eager
+    precision: str = "auto"  # auto: bf16 autocast where the device computes it natively, else fp32
+    schedule: str = "constant"  # learning rate: constant, or onecycle (warm-up, cosine down)
+    shift: int = 0  # augmentation: move each training image by up to ±shift pixels
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -74,6 +87,12 @@ class TrainConfig:
             raise ConfigError("lr must be positive")
         if not 0 <= self.model.dropout < 1:
             raise ConfigError("dropout must lie in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.shift <= 4:
+            raise ConfigError("shift must lie in 0..4 pixels")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -90,8 +109,27 @@ class TrainConfig:
         return cls(model=model, **data)
 
 
+# 16/32 channels: on the validation split, two epochs of this beat one epoch of 32/64 channels
+# (99.26% vs 99.20%) at three quarters of the arithmetic. See docs/speed.md.
+FAST_MODEL = ModelConfig(
+    arch="fast-cnn", conv1_channels=16, conv2_channels=32, kernel_size=3, hidden=128, dropout=0.0
+)
+
 PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(),
+    # Designed for a whole command in well under 30 s on two CPU cores; see docs/speed.md.
+    "fast": TrainConfig(
+        preset="fast",
+        steps=860,  # two epochs of the 55,000 training images
+        batch_size=128,
+        lr=1e-2,  # the peak of the one-cycle schedule
+        schedule="onecycle",
+        shift=1,
+        log_every=10_000,
+        checkpoint_every=10_000,
+        eval_batch_size=1000,
+        model=FAST_MODEL,
+    ),
 }
 
 
@@ -136,8 +174,9 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Tensor
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The seed's Adam."""
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+    """The seed's Adam (its fused kernel on the fast path)."""
+    device = next(model.parameters()).device
+    return make_adam(model.parameters(), config.lr, device, fast=config.fast)
 
 
 def make_train_step(
@@ -274,7 +313,7 @@ def _run(
         raise ConfigError(f"batch size {config.batch_size} exceeds the {n_train} training images")
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
+    model = prepare_model(build_model(config.model), device, fast=config.fast)
     optimizer = make_optimizer(model, config)
     start_step = 0
     if resume:
@@ -303,7 +342,25 @@ def _run(
     # The whole training split lives on the device as uint8 (43 MB); batches are gathered there.
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
-    step_fn = make_train_step(par.wrap(model, device), optimizer)
+    step_fn = build_train_step(
+        par.wrap(model, device),
+        optimizer,
+        device,
+        fast=config.fast,
+        graphs=not par.is_distributed,  # a CUDA graph cannot hold DDP's collectives
+        precision=config.precision,
+        lr=lr_schedule(config.schedule, config.steps, config.lr),
+        start_step=start_step,
+    )
+    batches = BatchSource(
+        train_x,
+        train_y,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        order=epoch_order,
+        shift=config.shift,
+        channels_last=config.fast and device.type == "cpu",
+    )
     metrics_path = run_dir / METRICS_FILE
     # The first validation digit's conv1 maps are drawn at every log step.
     board = tblog.open_log(
@@ -383,10 +440,8 @@ def _run(
     x = y = None
     with _StopFlag() as stop:
         while step < config.steps:
-            idx = par.shard(batch_indices(config.seed, step, config.batch_size, n_train))
-            idx = idx.to(device)
-            x = to_float(train_x[idx]).unsqueeze(1)
-            y = train_y[idx]
+            x, y = batches(step)
+            x, y = par.shard(x), par.shard(y)  # this process's share of the global batch
             if step % config.log_every == 0:
                 record(step, x, y, loss_sum, n_losses, time.perf_counter() - t0)
                 loss_sum.zero_()
