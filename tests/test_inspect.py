@@ -192,14 +192,19 @@ def test_confusion_and_confident_mistakes() -> None:
     assert {t.get_text() for t in fig.axes[0].texts} == {"1", "2"}
 
 
-def test_cli_features_filters_plot(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
+def test_cli_features_filters_plot(
+    trained_run: Path, data_root: Path, tmp_path: Path, capsys
+) -> None:
     own = tmp_path / "my digit.png"
     Image.fromarray(np.full((40, 30), 255, np.uint8)).save(own)  # blank: refused below
     out = tmp_path / "new" / "folder" / "maps.png"
     args = ["--data-dir", str(data_root), "--index", "0", "3", "-o", str(out)]
     assert cli.main(["features", str(trained_run), *args]) == 0
     assert Image.open(out).format == "PNG"
+    capsys.readouterr()
     assert cli.main(["features", str(trained_run), "--image", str(own), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{own}: no digit found" in err
     digit = np.zeros((60, 60), np.uint8)
     digit[10:50, 28:34] = 255  # a 1
     Image.fromarray(255 - digit).save(own)

@@ -268,10 +268,12 @@ def _setup_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from . import inspect as insp
     from .datasets import load_dataset
     from .plotting import save_figure
-    from .preprocess import load_image, preprocess_image
+    from .preprocess import ImageError, load_image, preprocess_image
 
     model, classes, name = _load_for_inspection(args.run)
     digits = []
@@ -280,7 +282,12 @@ def _cmd_features(args: argparse.Namespace) -> int:
         indices = args.index or insp.first_of_each(split, [6, 9])
         digits += insp.split_digits(split, indices)
     for path in args.image or []:
-        digits.append(insp.Digit(preprocess_image(load_image(path)), str(path)))
+        try:
+            image = preprocess_image(load_image(path))
+        except ImageError as err:  # name the file, once
+            text = str(err)
+            raise ImageError(text if text.startswith(path) else f"{path}: {text}") from None
+        digits.append(insp.Digit(image, Path(path).name))
     fm = insp.feature_maps(model, digits, args.layer)
     out = save_figure(
         insp.plot_feature_maps(fm, scale=args.scale, classes=classes),

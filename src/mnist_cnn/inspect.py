@@ -33,6 +33,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, read_metrics
@@ -174,6 +175,7 @@ def plot_feature_maps(
         caption = f"{fm.layer} maps: black = 0,\nwhite = each map's maximum"
     else:
         caption = f"{fm.layer} maps: black = 0,\nwhite = {shared_max:.3g} (one scale for all)"
+    caption += "\n(gray number: map all 0)"
     total_h = row_h * n
 
     def axes(left: float, top: float, w: float, h: float, label: str) -> Any:
@@ -223,7 +225,8 @@ def plot_feature_maps(
             top = shared_max if scale == "shared" else float(a.max())
             # An all-zero map (a filter that never fires here) is black, not mid-gray.
             ax.imshow(a, cmap=GRAY, vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest")
-            ax.set_title(str(c), fontsize=7, pad=1.5)
+            # A channel that is zero everywhere for this digit gets a faded label.
+            ax.set_title(str(c), fontsize=7, pad=1.5, color="black" if a.max() > 0 else "0.6")
             ax.set_axis_off()
     return fig
 
@@ -381,6 +384,13 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
             color="C1",
         )
     ax_err.set_title("validation error, % (log scale)", fontsize=10)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3×10⁻¹
+    for ax in (ax_loss, ax_err):
+        if ax.get_yscale() == "log":
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
     for ax in (ax_loss, ax_acc, ax_err):
         ax.set_xlabel("step")
         ax.grid(True, which="major", alpha=0.3)
@@ -536,7 +546,7 @@ def plot_mistakes(
     n = max(len(mistakes), 1)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig = new_figure(cols * 1.15 + 0.2, rows * 1.45 + 0.5)
+    fig = new_figure(cols * 1.15 + 0.2, rows * 1.35 + 0.5)
     gs = fig.add_gridspec(rows, cols, wspace=0.1, hspace=0.3)
     if not mistakes:
         fig.text(0.5, 0.5, "no mistakes", ha="center", va="center")
