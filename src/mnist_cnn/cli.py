@@ -410,6 +410,204 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"seed network, batch {args.batch_size}, on {where}")
     print(format_table(rows))
     return 0
+    return 0
+
+
+# --------------------------------------------------------------------------- look inside
+
+
+def _load_for_inspection(run: str, device: str = "cpu"):  # -> (model, classes, dataset name)
+    from .checkpoint import load_model
+    from .datasets import dataset_info
+    from .device import select_device
+    from .evaluate import run_dataset_name
+
+    model, _ = load_model(run, select_device(device))
+    name = run_dataset_name(run)
+    return model, dataset_info(name).classes, name
+
+
+def _setup_features(sub: argparse._SubParsersAction) -> None:
+    from .inspect import MAP_LAYERS, SCALES
+
+    p = sub.add_parser(
+        "features",
+        help="picture a layer's feature maps for some digits (the input beside its maps)",
+        description="The input digit in grayscale beside one layer's feature maps (conv1 as "
+        "4x8, conv2 as 8x8), one row per digit. Without --index or --image: the first 6 and "
+        "the first 9 of the split, the seed's comparison.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument(
+        "--index", type=int, nargs="+", action="extend", metavar="N", help="dataset image(s)"
+    )
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument(
+        "--image", nargs="+", action="extend", metavar="FILE", help="your own picture(s)"
+    )
+    p.add_argument("--layer", choices=list(MAP_LAYERS), default="conv1")
+    p.add_argument(
+        "--scale",
+        choices=list(SCALES),
+        default="map",
+        help="map: each map to its own maximum (default; shows every pattern); shared: one "
+        "scale for the whole picture (compares strengths)",
+    )
+    p.add_argument("-o", "--out", metavar="OUT.png", help="output (default: features-LAYER.png)")
+    p.add_argument("--data-dir", metavar="DIR", help="data root (default: $MNIST_CNN_DATA)")
+    p.set_defaults(func=_cmd_features)
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import inspect as insp
+    from .datasets import load_dataset
+    from .plotting import save_figure
+    from .preprocess import ImageError, load_image, preprocess_image
+
+    model, classes, name = _load_for_inspection(args.run)
+    digits = []
+    if args.index or not args.image:
+        split = load_dataset(name, args.data_dir).split(args.split)
+        indices = args.index or insp.first_of_each(split, [6, 9])
+        digits += insp.split_digits(split, indices)
+    for path in args.image or []:
+        try:
+            image = preprocess_image(load_image(path))
+        except ImageError as err:  # name the file, once
+            text = str(err)
+            raise ImageError(text if text.startswith(path) else f"{path}: {text}") from None
+        digits.append(insp.Digit(image, Path(path).name))
+    fm = insp.feature_maps(model, digits, args.layer)
+    out = save_figure(
+        insp.plot_feature_maps(fm, scale=args.scale, classes=classes),
+        args.out or f"features-{args.layer}.png",
+    )
+    for d, probs in zip(fm.digits, fm.probabilities, strict=True):
+        print(insp.describe(d, probs, classes))
+    print(f"wrote {out}")
+    return 0
+
+
+def _setup_filters(sub: argparse._SubParsersAction) -> None:
+    from .inspect import FILTER_LAYERS
+
+    p = sub.add_parser(
+        "filters",
+        help="picture a convolution's learned kernels",
+        description="conv1: its 32 5x5 kernels as a 4x8 grid. conv2: all 64x32 kernels, a row "
+        "per output channel, a column per input channel. Gray is 0, white positive, black "
+        "negative, one scale per picture.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("--layer", choices=list(FILTER_LAYERS), default="conv1")
+    p.add_argument("-o", "--out", metavar="OUT.png", help="output (default: filters-LAYER.png)")
+    p.set_defaults(func=_cmd_filters)
+
+
+def _cmd_filters(args: argparse.Namespace) -> int:
+    from . import inspect as insp
+    from .plotting import save_figure
+
+    model, _, _ = _load_for_inspection(args.run)
+    weights = insp.filters(model, args.layer)
+    out = save_figure(
+        insp.plot_filters(weights, args.layer), args.out or f"filters-{args.layer}.png"
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _setup_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="training curves of a run (finished or still training)",
+        description="Loss and training/validation accuracy against step, from metrics.jsonl.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-o", "--out", metavar="OUT.png", help="output (default: RUN/curves.png)")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .inspect import save_training_curves
+
+    print(f"wrote {save_training_curves(args.run, args.out)}")
+    return 0
+
+
+def _setup_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of a run (opens with no server or network)",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-o", "--out", metavar="report.html", help="output (default: RUN/report.html)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--data-dir", metavar="DIR", help="data root (default: $MNIST_CNN_DATA)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.run, args.out, data_dir=args.data_dir, device=args.device)}")
+    return 0
+
+
+def _setup_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify your own pictures of digits (photos, scans, drawings)",
+        description="Each picture is preprocessed as MNIST was: grayscale, a light background "
+        "inverted, cropped to the ink, fitted into 20x20 keeping its aspect ratio, centred by "
+        "centre of mass in 28x28. A folder stands for the image files in it.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--top", type=_positive_int, default=3, help="probabilities shown (default 3)")
+    p.add_argument(
+        "--invert",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="auto: invert when the background is light (default); yes/no: force it",
+    )
+    p.add_argument(
+        "--save-preprocessed",
+        metavar="DIR",
+        help="also write the 28x28 picture the network saw for each file into DIR",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Failure, predict_files, save_preprocessed
+
+    model, classes, _ = _load_for_inspection(args.run, args.device)
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    results = predict_files(model, args.images, classes=classes, invert=invert)
+    if not results:
+        raise MnistCnnError("no image files found in the given folder(s)")
+    for r in results:
+        if isinstance(r, Failure):
+            print(f"{PROG}: error: {r.message}", file=sys.stderr)
+    if args.json:
+        _print_json(
+            [r.to_dict() if isinstance(r, Failure) else r.to_dict(args.top) for r in results]
+        )
+    else:
+        for r in results:
+            if not isinstance(r, Failure):
+                top = ", ".join(f"{c} {p:.3f}" for c, p in r.top(args.top))
+                print(f"{r.source}: {r.label}  ({top})")
+    if args.save_preprocessed:
+        written = save_preprocessed(results, args.save_preprocessed)
+        if not args.json:
+            print(f"wrote {len(written)} preprocessed picture(s) to {args.save_preprocessed}")
+    return 1 if any(isinstance(r, Failure) for r in results) else 0
 
 
 # --------------------------------------------------------------------------- main
@@ -421,6 +619,11 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_export,
     _setup_serve,
     _setup_bench,
+    _setup_features,
+    _setup_filters,
+    _setup_plot,
+    _setup_report,
+    _setup_predict,
 ]
 
 

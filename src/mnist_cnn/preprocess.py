@@ -28,7 +28,13 @@ from .errors import MnistCnnError
 FIT_SIZE = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger than any sensible photo of one digit
 MAX_PIXELS = 40_000_000  # refuse decompression bombs well before Pillow's own limit
-INK_THRESHOLD = 0.2  # fraction of the ink's range above which a pixel counts as ink when cropping
+INK_THRESHOLD = 0.2  # fraction of the ink's peak above which a (blurred) pixel counts when cropping
+NOISE_SIGMAS = 5.0  # ... and it must stand out from the paper by this many noise deviations
+NOISE_FLOOR_SIGMAS = 2.0  # paper up to this many noise deviations above its level is paper
+STRONG_PERCENTILE = 95  # this percentile of the ink pixels becomes full white (as MNIST's strokes)
+MIN_CONTRAST = 0.1  # ink fainter than 10% of full range: a blank page
+CENTRE = 14.0  # MNIST's centres of mass sit at pixel (14, 14) on average (row, column)
+RESAMPLE = Image.Resampling.BOX  # area averaging, as a camera's pixels (no ringing)
 
 
 class ImageError(MnistCnnError):
@@ -113,39 +119,99 @@ def preprocess_image(image: Image.Image | np.ndarray, *, invert: bool | None = N
         if gray.min() < 0 or gray.max() > 1:
             raise ImageError("image values must lie in 0–255 (uint8) or 0–1 (float)")
 
+    return _mnist_like(gray, invert)
+
+
+def _box_blur(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)² window (edges repeated), by cumulative sums: O(pixels) for any r."""
+    if radius < 1:
+        return a
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius + 1, radius)
+        c = np.cumsum(np.pad(a, pad, mode="edge"), axis=axis, dtype=np.float64)
+        hi = np.take(c, np.arange(2 * radius + 1, c.shape[axis]), axis=axis)
+        lo = np.take(c, np.arange(0, c.shape[axis] - 2 * radius - 1), axis=axis)
+        a = ((hi - lo) / (2 * radius + 1)).astype(np.float32)
+    return a
+
+
+def _border(a: np.ndarray, width: int) -> np.ndarray:
+    """Mask of a ``width``-pixel frame around the image: where the paper is expected."""
+    mask = np.zeros(a.shape, dtype=bool)
+    mask[:width], mask[-width:], mask[:, :width], mask[:, -width:] = True, True, True, True
+    return mask
+
+
+def _paper_level(gray: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """The paper's brightness everywhere: a plane fitted to the frame, so that uneven light
+    (one side of a photo brighter than the other) is not mistaken for ink."""
+    h, w = gray.shape
+    ys, xs = np.nonzero(frame)
+    values = gray[frame]
+    keep = np.ones(values.shape, dtype=bool)
+    coef = np.array([0.0, 0.0, float(np.median(values))])
+    if min(h, w) >= 8:
+        design = np.stack([ys / h, xs / w, np.ones_like(values)], axis=1)
+        for _ in range(3):  # refit without the pixels that look like ink touching the edge
+            coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+            resid = values - design @ coef
+            spread = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1e-3
+            keep = np.abs(resid) < 3 * spread
+            if keep.sum() < 0.5 * len(values):
+                coef = np.array([0.0, 0.0, float(np.median(values))])
+                break
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (coef[0] * yy / h + coef[1] * xx / w + coef[2]).astype(np.float32)
+
+
+def _mnist_like(gray: np.ndarray, invert: bool | None) -> np.ndarray:
+    h, w = gray.shape
+    frame = _border(gray, max(1, min(h, w) // 50))
     # The background is what the border mostly is: its median decides light or dark paper.
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = float(np.median(border))
     if invert is None:
-        invert = background > 0.5
+        invert = float(np.median(gray[frame])) > 0.5
     if invert:
         gray = 1.0 - gray
-        background = 1.0 - background
 
-    ink = np.clip(gray - background, 0.0, None)
-    peak = float(ink.max())
-    if peak < 0.1:  # nothing stands out from the paper by more than 10% of full range
+    ink = gray - _paper_level(gray, frame)
+    # Sensor noise, measured on the frame (robustly: the median absolute deviation).
+    noise = 1.4826 * float(np.median(np.abs(ink[frame] - np.median(ink[frame]))))
+    # Where the ink is: judged on a blurred copy, so that single noisy pixels (or dust) far from
+    # the digit do not stretch the crop and shrink the digit.
+    radius = max(1, min(h, w) // 100)
+    smooth = _box_blur(ink, radius)
+    s_frame = smooth[frame]
+    s_noise = 1.4826 * float(np.median(np.abs(s_frame - np.median(s_frame))))
+    peak = float(np.percentile(smooth, 99.9)) if smooth.size > 1000 else float(smooth.max())
+    if peak < max(MIN_CONTRAST, NOISE_SIGMAS * s_noise):
         raise ImageError("no digit found: the image is blank (or has almost no contrast)")
-    ink /= peak
+    mask = smooth > max(INK_THRESHOLD * peak, NOISE_SIGMAS * s_noise)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    top, bottom = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, h)
+    left, right = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, w)
 
-    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    # Ink from 0 (paper, with its noise cut away) to 1 (the digit's strong strokes).
+    floor = NOISE_FLOOR_SIGMAS * noise
+    crop = ink[top:bottom, left:right]
+    strong = float(np.percentile(crop[mask[top:bottom, left:right]], STRONG_PERCENTILE)) - floor
+    crop = np.clip((crop - floor) / max(strong, 1e-3), 0.0, 1.0)
 
-    h, w = crop.shape
-    scale = FIT_SIZE / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    small = Image.fromarray((crop * 255).astype(np.uint8)).resize(
-        (new_w, new_h), Image.Resampling.LANCZOS
-    )
-    box = np.asarray(small, dtype=np.float32)
+    ch, cw = crop.shape
+    scale = FIT_SIZE / max(ch, cw)
+    new_w, new_h = max(1, round(cw * scale)), max(1, round(ch * scale))
+    small = Image.fromarray(crop.astype(np.float32)).resize((new_w, new_h), RESAMPLE)
+    box = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0) * 255.0
+    if box.sum() <= 0:
+        raise ImageError("no digit found: the ink vanishes when scaled down to 20×20")
 
-    # Paste so the centre of mass lands on the field's centre (clamped to stay inside).
+    # Paste so the centre of mass lands where MNIST's do, (14, 14) (clamped to stay inside).
     total = box.sum()
     cy = (box.sum(axis=1) * np.arange(new_h)).sum() / total
     cx = (box.sum(axis=0) * np.arange(new_w)).sum() / total
-    top = int(round(IMAGE_SIZE / 2 - 0.5 - cy))
-    left = int(round(IMAGE_SIZE / 2 - 0.5 - cx))
+    top = int(round(CENTRE - cy))
+    left = int(round(CENTRE - cx))
     top = min(max(top, 0), IMAGE_SIZE - new_h)
     left = min(max(left, 0), IMAGE_SIZE - new_w)
     out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)

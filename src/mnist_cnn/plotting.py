@@ -1,0 +1,41 @@
+"""Small helpers for headless pictures: a pyplot-free Figure, atomic PNG writes, PNG bytes.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, so nothing here touches
+pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .fileio import atomic_path
+
+DPI = 100  # screen resolution; pictures are sized in inches so that text stays readable
+GRAY = "gray"  # 0 → black, max → white: the seed's ``cmap='gray'``
+
+
+def new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Figure:
+    """A Figure of ``width``×``height`` inches with an Agg canvas attached (no pyplot)."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png(fig: Figure, *, dpi: float | None = None) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, facecolor="white")
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
+    """Write the figure atomically (format from the suffix, parent folders created)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi or fig.dpi, facecolor="white")
+    return path

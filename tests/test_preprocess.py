@@ -1,0 +1,108 @@
+"""MNIST-style preprocessing of people's pictures, on small generated images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_cnn.photos import photo_like
+from mnist_cnn.preprocess import ImageError, load_image, preprocess_image
+
+
+def _bar(h: int, w: int, top: int, left: int, bh: int, bw: int, ink: int = 0, paper: int = 255):
+    img = np.full((h, w), paper, np.uint8)
+    img[top : top + bh, left : left + bw] = ink
+    return img
+
+
+def _com(img: np.ndarray) -> tuple[float, float]:
+    a = img.astype(float)
+    ys, xs = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+    return (a * ys).sum() / a.sum(), (a * xs).sum() / a.sum()
+
+
+def test_dark_ink_on_light_paper_becomes_mnist_like() -> None:
+    out = preprocess_image(_bar(300, 200, 20, 150, 120, 30))  # a thick upright bar, off centre
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert out.max() == 255 and out[0].max() == 0 and out[:, 0].max() == 0  # white on black
+    cy, cx = _com(out)
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5  # centred by centre of mass, as MNIST
+    rows = np.flatnonzero(out.max(1) > 0)
+    cols = np.flatnonzero(out.max(0) > 0)
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert 19 <= height <= 21  # the long side fits the 20×20 box
+    assert 4 <= width <= 7  # aspect ratio kept (120:30 -> 20:5)
+
+
+def test_inversion_is_automatic_or_forced() -> None:
+    light = _bar(100, 100, 20, 40, 60, 12)
+    dark = 255 - light
+    np.testing.assert_array_equal(preprocess_image(light), preprocess_image(dark))
+    np.testing.assert_array_equal(preprocess_image(dark, invert=False), preprocess_image(dark))
+    np.testing.assert_array_equal(preprocess_image(light, invert=True), preprocess_image(light))
+    assert preprocess_image(np.asarray(dark, np.float32) / 255).max() == 255  # floats in 0–1
+
+
+def test_transparent_background_is_paper() -> None:
+    rgba = np.zeros((80, 80, 4), np.uint8)  # fully transparent
+    rgba[10:70, 35:45] = (0, 0, 0, 255)  # an opaque black stroke
+    out = preprocess_image(Image.fromarray(rgba, "RGBA"))
+    assert out.max() == 255 and out[:, :8].max() == 0
+
+
+def test_noise_does_not_shrink_the_digit() -> None:
+    """Speckle far from the digit must not count as ink (it would shrink the digit when fitted)."""
+    rng = np.random.default_rng(0)
+    img = _bar(400, 400, 150, 180, 120, 24).astype(float)
+    img += rng.normal(0, 12, img.shape)
+    out = preprocess_image(np.clip(img, 0, 255).astype(np.uint8))
+    rows = np.flatnonzero(out.max(1) > 64)
+    assert rows[-1] - rows[0] + 1 >= 18
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.full((50, 50), 255, np.uint8), "blank"),
+        (np.full((50, 50), 3, np.uint8), "blank"),
+        (np.zeros((0, 5), np.uint8), "2-D"),
+        (np.zeros((5, 5, 3), np.uint8), "2-D"),
+        (np.array([[0.0, np.nan]]), "NaN"),
+        (np.array([[-1.0, 0.5]]), "0–255"),
+    ],
+)
+def test_unusable_pictures_raise_image_error(image, message) -> None:
+    with pytest.raises(ImageError, match=message):
+        preprocess_image(image)
+
+
+def test_load_image_errors(tmp_path) -> None:
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="folder"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="empty"):
+        load_image(b"")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"hello, world")
+    buf = io.BytesIO()
+    Image.new("L", (40, 40), 200).save(buf, format="PNG")
+    with pytest.raises(ImageError, match="damaged"):
+        load_image(buf.getvalue()[:60])  # a truncated PNG
+    huge = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(huge, format="PNG")  # 48 Mpixel, a few kB on disk
+    with pytest.raises(ImageError, match="too"):
+        load_image(huge.getvalue())
+    assert load_image(buf.getvalue()).size == (40, 40)
+
+
+def test_photo_like_round_trip_keeps_the_shape_of_the_digit(mnist) -> None:
+    digit = mnist.test.images[0].numpy()
+    photo = photo_like(digit, np.random.default_rng(3))
+    out = preprocess_image(photo).astype(float)
+    ref = digit.astype(float)
+    corr = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
+    assert corr > 0.8, corr

@@ -1,0 +1,43 @@
+"""The HTML report: one self-contained file holding the run's settings, results and pictures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from mnist_cnn import cli
+
+
+def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, tmp_path) -> None:
+    out = tmp_path / "deep" / "report.html"
+    assert cli.main(["report", str(trained_run), "-o", str(out), "--data-dir", str(data_root)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    # Nothing fetched from anywhere: no external src/href, no scripts, no style sheets by link.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text, re.I)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    # curves, confusion, mistakes, conv1 maps, conv2 maps, filters
+    assert len(images) == 6
+    for data in images:
+        assert Image.open(io.BytesIO(base64.b64decode(data))).format == "PNG"
+    assert len(re.findall(r"<img ", text)) == len(images)
+    # The numbers: the same test accuracy training recorded, per class, the confusion counts.
+    results = json.loads((trained_run / "results.json").read_text())
+    accuracy = results["test"]["accuracy"]
+    assert f'<p class="big">{accuracy:.4f} ' in text
+    confusion = results["test"]["confusion"]
+    for t, row in enumerate(confusion):
+        cells = re.search(rf"<tr><th>{t}</th>(.*?)</tr>", text).group(1)
+        values = re.findall(r"<td[^>]*>(\d*)</td>", cells)
+        assert [int(v or 0) for v in values[:10]] == row
+    # The configuration is there, setting by setting.
+    config = json.loads((trained_run / "config.json").read_text())
+    assert f'<td class="k">train.lr</td><td class="v">{config["train"]["lr"]}</td>' in text
+    assert "most confident mistakes" in text
