@@ -194,10 +194,11 @@ def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
         assert (diff > 1e-5).float().mean() < 1e-3, (name, (diff > 1e-5).sum())
     assert not torch.equal(w1["fc1.weight"], _weights_at_init())  # it did train
 
-    # One metrics record at step 0 (rank 0 only writes), with the global batch's figures.
+    # Records at step 0 and at the end (rank 0 only writes; the interrupted attempt's record at
+    # step 10 is dropped on resume), with the global batch's figures.
     m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in m2] == [0]
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [0, 20]
     assert m2[0]["train_accuracy"] == pytest.approx(m1[0]["train_accuracy"])
     assert m2[0]["val_accuracy"] == pytest.approx(m1[0]["val_accuracy"])
 

@@ -58,6 +58,13 @@ def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist):
     assert not torch.equal(wa["fc1.weight"], _weights(c.run_dir)["fc1.weight"])
 
 
+def test_the_last_step_is_always_logged(tmp_path, small_mnist):
+    config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5)
+    logs = []
+    train(config, tmp_path / "run", data=small_mnist, on_log=logs.append)
+    assert [r["step"] for r in logs] == [0, 5, 7]
+
+
 def test_data_order_is_a_function_of_seed_and_step():
     first = batch_indices(seed=1, step=0, batch_size=50, n=1000)
     assert torch.equal(first, batch_indices(seed=1, step=0, batch_size=50, n=1000))

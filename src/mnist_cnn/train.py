@@ -466,7 +466,7 @@ def _run(
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    if x is not None and step % config.log_every == 0 and n_losses:
+    if x is not None and n_losses:  # the end, whether or not it falls on a log step
         record(step, x, y, loss_sum, n_losses, seconds)
     if board is not None:
         board.close()
