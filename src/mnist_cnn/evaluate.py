@@ -182,18 +182,8 @@ def evaluate_run(
     dev = select_device(device)
     model, _ = load_model(run, dev)
     name = dataset or run_dataset_name(run)
-    data = load_dataset(name, data_dir).split(split)
+    dataset = load_dataset(name, data_dir)
+    data = dataset.split(split)
     result = evaluate(model, data.images, data.labels, batch_size=batch_size, device=dev)
-    info = {
-        "dataset": name,
-        "device": device_description(dev),
-        "classes": list(load_dataset_classes(name)),
-    }
+    info = {"dataset": name, "device": device_description(dev), "classes": list(dataset.classes)}
     return result, info
-
-
-def load_dataset_classes(name: str) -> tuple[str, ...]:
-    """Class names of a dataset."""
-    from .datasets import dataset_info
-
-    return dataset_info(name).classes

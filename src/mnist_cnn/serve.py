@@ -41,10 +41,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from torch import nn
 
-from .checkpoint import RESULTS_FILE, load_model, model_file, read_run_config
+from .checkpoint import RESULTS_FILE, load_model, model_file
 from .datasets import IMAGE_SIZE, dataset_info, load_dataset
 from .device import device_description, select_device
-from .errors import CheckpointError, ConfigError, MnistCnnError
+from .errors import ConfigError, MnistCnnError
+from .evaluate import run_dataset_name
 from .preprocess import ImageError, load_image, preprocess_image
 
 log = logging.getLogger(__name__)
@@ -330,19 +331,11 @@ class DigitSet:
 def _run_facts(run: str | os.PathLike[str]) -> tuple[str, float | None]:
     """The run's dataset name (default mnist) and its recorded test accuracy, if any."""
     folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    dataset = "mnist"
-    with contextlib.suppress(CheckpointError):
-        # config.json: {"dataset": {"name": ...}, "train": {"dataset": ...}, ...}
-        config = read_run_config(folder)
-        named = config.get("dataset")
-        named = named.get("name") if isinstance(named, dict) else named
-        trained = config.get("train")
-        named = named or (trained.get("dataset") if isinstance(trained, dict) else None)
-        dataset = named if isinstance(named, str) and named else dataset
+    dataset = run_dataset_name(run)
     accuracy = None
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         accuracy = float(json.loads((folder / RESULTS_FILE).read_text())["test"]["accuracy"])
-    return str(dataset), accuracy
+    return dataset, accuracy
 
 
 def _load_test_digits(dataset: str, data_dir: str | os.PathLike[str] | None) -> DigitSet | None:
