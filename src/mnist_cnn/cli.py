@@ -43,6 +43,18 @@ def _port(text: str) -> int:
     return value
 
 
+def _shift(text: str) -> int:
+    from .train import MAX_SHIFT
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole pixels, got {text!r}") from None
+    if not 0 <= value <= MAX_SHIFT:
+        raise argparse.ArgumentTypeError(f"must lie in 0-{MAX_SHIFT}, got {value}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     from .datasets import DATASETS
 
@@ -86,7 +98,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _setup_train(sub: argparse._SubParsersAction) -> None:
     from .device import DEVICES
     from .distributed import DEFAULT_TIMEOUT_S
-    from .train import PRESETS
+    from .train import MAX_SHIFT, PRESETS, SCHEDULES
 
     p = sub.add_parser(
         "train",
@@ -110,6 +122,19 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr", type=float, help="Adam learning rate (seed: 1e-4)")
     p.add_argument("--dropout", type=float, help="drop probability in training (seed: 0.5)")
+    p.add_argument(
+        "--schedule",
+        choices=list(SCHEDULES),
+        help="learning rate over the run: constant (seed), or onecycle (fast: warm-up from "
+        "lr/10 over the first 20%%, cosine down to lr/1000; --lr is the peak)",
+    )
+    p.add_argument(
+        "--shift",
+        type=_shift,
+        metavar="PIXELS",
+        help=f"move each training image by up to this many pixels, 0-{MAX_SHIFT} "
+        "(seed: 0, fast: 1)",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -220,6 +245,8 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
             tensorboard=args.tensorboard,
             precision=args.precision,
             fast=args.fast,
+            schedule=args.schedule,
+            shift=args.shift,
         )
         result = train(config, args.out, on_log=on_log, progress=progress)
     if not main_process:

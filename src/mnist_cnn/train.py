@@ -56,6 +56,9 @@ from .model import ModelConfig, build_model, count_parameters, loss_fn
 log = logging.getLogger(__name__)
 
 
+MAX_SHIFT = 4  # pixels of augmentation shift; a digit is about 20 px wide in its 28x28 frame
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; written to the run's ``config.json``."""
@@ -91,8 +94,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.shift <= 4:
-            raise ConfigError("shift must lie in 0..4 pixels")
+        if not 0 <= self.shift <= MAX_SHIFT:
+            raise ConfigError(f"shift must lie in 0..{MAX_SHIFT} pixels")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
