@@ -77,7 +77,10 @@ def test_without_the_extra_the_cli_says_what_to_install(
     )
     assert main(["export", str(model_file), "-o", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "mnist-cnn: error: ONNX export needs onnxscript: pip install 'mnist-cnn[onnx]'"
+    assert err == (
+        "mnist-cnn: error: ONNX export needs onnxscript: "
+        "pip install -e '.[onnx]' in the project's folder"
+    )
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -84,7 +84,7 @@ def test_without_the_package_the_cli_says_what_to_install(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(ConfigError, match=r"pip install 'mnist-cnn\[tensorboard\]'"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[tensorboard\]' in the project's folder"):
         tblog.require_tensorboard()
     run = tmp_path / "run"
     args = ["train", "--tensorboard", "--steps", "1", "--data-dir", str(data_root)]
@@ -92,6 +92,6 @@ def test_without_the_package_the_cli_says_what_to_install(
     err = capsys.readouterr().err.strip()
     assert err == (
         "mnist-cnn: error: --tensorboard needs the TensorBoard package: "
-        "pip install 'mnist-cnn[tensorboard]'"
+        "pip install -e '.[tensorboard]' in the project's folder"
     )
     assert not run.exists()  # nothing written

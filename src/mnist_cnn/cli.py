@@ -169,7 +169,7 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         default=None,
         help="also write TensorBoard logs to RUN/tensorboard: scalars and conv1 feature maps "
-        "(needs: pip install 'mnist-cnn[tensorboard]')",
+        "(needs the tensorboard extra: pip install -e '.[tensorboard]')",
     )
     p.add_argument(
         "--precision",
@@ -313,7 +313,7 @@ def _setup_export(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export a run's network to ONNX (dynamic batch), checked with onnxruntime",
         description="Write the network as ONNX: input 'images' float32 (batch, 1, 28, 28) in "
-        "[0, 1], output 'logits' (batch, 10). Needs: pip install 'mnist-cnn[onnx]'.",
+        "[0, 1], output 'logits' (batch, 10). Needs the onnx extra: pip install -e '.[onnx]'.",
     )
     p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
     p.add_argument("-o", "--out", metavar="FILE", required=True, help="the .onnx file to write")

@@ -1,4 +1,4 @@
-"""ONNX export: ``mnist-cnn export RUN -o model.onnx`` (optional extra: ``mnist-cnn[onnx]``).
+"""ONNX export: ``mnist-cnn export RUN -o model.onnx`` (optional extra: ``onnx``).
 
 The file takes ``images``: float32 (batch, 1, 28, 28) with pixels in [0, 1] (uint8 / 255) and
 gives ``logits``: float32 (batch, 10); the batch dimension is dynamic. It is written with
@@ -24,7 +24,7 @@ from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'mnist-cnn[onnx]'"
+INSTALL_HINT = "pip install -e '.[onnx]' in the project's folder"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 CHECK_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| logit difference accepted

@@ -3,7 +3,8 @@
 At every log step the run's ``tensorboard/`` folder gets the scalars of ``metrics.jsonl`` plus
 the learning rate and the training speed, and the conv1 feature maps of one fixed validation
 digit as a 4×8 picture, so the filters can be watched as they learn. Watch with
-``tensorboard --logdir runs``. Needs ``pip install 'mnist-cnn[tensorboard]'``.
+``tensorboard --logdir runs``. Needs the ``tensorboard`` extra
+(``pip install -e '.[tensorboard]'``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .datasets import to_float
 from .errors import ConfigError
 
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
-INSTALL_HINT = "pip install 'mnist-cnn[tensorboard]'"
+INSTALL_HINT = "pip install -e '.[tensorboard]' in the project's folder"
 
 # Tag of each value written at a log step.
 TAG_LOSS = "loss/train"
