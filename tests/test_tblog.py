@@ -84,7 +84,7 @@ def test_without_the_package_the_cli_says_what_to_install(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(ConfigError, match=r"pip install -e '\.\[tensorboard\]' in the project's folder"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[tensorboard\]' in the project"):
         tblog.require_tensorboard()
     run = tmp_path / "run"
     args = ["train", "--tensorboard", "--steps", "1", "--data-dir", str(data_root)]
