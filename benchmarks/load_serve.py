@@ -11,7 +11,7 @@ side in one run:
 Each phase reports errors, requests/s and p50/p99 latency; any error or non-200 answer makes
 the exit status 1. The whole run is bounded by ``--time-limit`` seconds.
 
-    python benchmarks/load_serve.py runs/seed --requests 2000 --concurrency 32
+    .venv/bin/python benchmarks/load_serve.py RUN --requests 2000 --concurrency 32
 """
 
 from __future__ import annotations

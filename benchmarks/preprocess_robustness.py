@@ -5,7 +5,7 @@ page, dark ink on light paper, uneven light, blur, noise; see ``mnist_cnn.photos
 as PNG or JPEG, reads it back through ``load_image``, preprocesses it and classifies it. Prints the
 accuracy on the untouched digits and on the photos, side by side, and the photo-only errors.
 
-    PYTHONPATH=src python benchmarks/preprocess_robustness.py RUN [-n 1000] [--format png|jpeg]
+    .venv/bin/python benchmarks/preprocess_robustness.py RUN [-n 1000] [--format png|jpeg]
 """
 
 from __future__ import annotations

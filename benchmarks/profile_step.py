@@ -1,6 +1,6 @@
 """Where the time of one fast training step of the seed network goes, on this machine's CPU.
 
-    PYTHONPATH=src python benchmarks/profile_step.py [--steps 20] [--batch-size 50]
+    .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch-size 50]
 
 Prints ms per step, the profiler's top operators, and the arithmetic rate (GFLOP/s) that the
 step as a whole reaches, counting the network's multiply-adds (forward, and backward at twice

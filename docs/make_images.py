@@ -1,6 +1,6 @@
 """Regenerate the pictures in docs/images from a trained run (the commands the docs show).
 
-    PYTHONPATH=src python docs/make_images.py RUN [--out docs/images] [--data-dir DIR]
+    .venv/bin/python docs/make_images.py RUN [--out docs/images] [--data-dir DIR]
 
 Writes features-conv1.png (a 6 against a 9), features-conv2.png, filters-conv1.png, curves.png,
 mistakes.png and predict.png (photo-like digits beside the 28×28 the network saw).
