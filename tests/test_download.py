@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_cnn.download import download_file, download_files
+from mnist_cnn.download import Checksums, download_file, download_files
 from mnist_cnn.errors import DownloadError
 
 IMAGES = "train-images-idx3-ubyte.gz"
@@ -120,7 +120,9 @@ def _refused_url() -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-def _fails(name: str, mirrors: list[str], dest: Path, sha: str | None = "use-real") -> str:
+def _fails(
+    name: str, mirrors: list[str], dest: Path, sha: str | Checksums | None = "use-real"
+) -> str:
     sha = SHA[name] if sha == "use-real" else sha
     with pytest.raises(DownloadError) as info:
         download_file(name, mirrors, dest, sha, timeout=2.0)
@@ -245,3 +247,31 @@ def test_no_mirrors(dest: Path) -> None:
 def test_rejects_path_in_filename(dest: Path) -> None:
     with pytest.raises(ValueError):
         download_file("../evil.gz", ["http://127.0.0.1:9/"], dest, None)
+
+
+def test_published_gz_digests_are_checked_too(server: Server, dest: Path, tmp_path: Path) -> None:
+    gz = GZ[IMAGES]
+    md5, gz_sha = hashlib.md5(gz).hexdigest(), hashlib.sha256(gz).hexdigest()
+    everything = Checksums(sha256=SHA[IMAGES], gz_sha256=gz_sha, gz_md5=md5.upper())
+    assert download_file(IMAGES, [server.url("good")], dest, everything).read_bytes() == gz
+    (dest / IMAGES).unlink()
+    wrong_md5 = Checksums(sha256=SHA[IMAGES], gz_sha256=gz_sha, gz_md5="0" * 32)
+    assert "checksum mismatch" in _fails(IMAGES, [server.url("good")], dest, wrong_md5)
+    assert "as the .gz's MD5" in _fails(IMAGES, [server.url("good")], dest, wrong_md5)
+    wrong_sha = Checksums(sha256=SHA[IMAGES], gz_sha256="f" * 64, gz_md5=md5)
+    assert "as the .gz's SHA-256" in _fails(IMAGES, [server.url("good")], dest, wrong_sha)
+
+
+def test_recompressed_file_passes_the_content_digest_only(
+    server: Server, dest: Path, tmp_path: Path
+) -> None:
+    """Same IDX bytes in a different gzip wrapper: the content matches, the .gz digests do not."""
+    again = gzip.compress(RAW[IMAGES], compresslevel=1, mtime=12345)
+    assert again != GZ[IMAGES]
+    (tmp_path / "www" / "again").mkdir()
+    (tmp_path / "www" / "again" / IMAGES).write_bytes(again)
+    gz_sha = hashlib.sha256(GZ[IMAGES]).hexdigest()
+    pinned = Checksums(sha256=SHA[IMAGES], gz_sha256=gz_sha)
+    assert "as the .gz's SHA-256" in _fails(IMAGES, [server.url("again")], dest, pinned)
+    content_only = Checksums(sha256=SHA[IMAGES])
+    assert download_file(IMAGES, [server.url("again")], dest, content_only).read_bytes() == again

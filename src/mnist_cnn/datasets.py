@@ -11,13 +11,17 @@ import gzip
 import logging
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .download import Checksums
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +50,22 @@ FILES = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Where a dataset comes from and how to check it."""
+    """Where a dataset comes from and how to check it (sources: docs/data-sources.md)."""
 
     name: str
-    mirrors: tuple[str, ...]
-    # SHA-256 of each file's *decompressed* bytes, keyed by the raw file name; None = not published.
+    mirrors: tuple[str, ...]  # HTTPS only
+    # SHA-256 of each file's *decompressed* bytes, keyed by the raw file name; None = not known.
     sha256: dict[str, str | None]
     classes: tuple[str, ...]
+    # MD5 and SHA-256 of each published .gz file, keyed by the raw file name.
+    gz_md5: dict[str, str] = field(default_factory=dict)
+    gz_sha256: dict[str, str] = field(default_factory=dict)
+
+    def checksums(self, raw: str) -> Checksums:
+        """Every digest a download of ``raw``.gz must match."""
+        from .download import Checksums  # urllib and ssl only when downloading
+
+        return Checksums(self.sha256.get(raw), self.gz_sha256.get(raw), self.gz_md5.get(raw))
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -69,12 +82,26 @@ DATASETS: dict[str, DatasetInfo] = {
             "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         },
         classes=tuple(str(d) for d in range(10)),
+        gz_md5={
+            "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        gz_sha256={
+            "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
+        # The project's own copies first; then Keras's copy of the same files. (The S3 *website*
+        # endpoint torchvision lists serves plain HTTP only.)
         mirrors=(
-            "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         ),
         sha256={
             "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -94,13 +121,37 @@ DATASETS: dict[str, DatasetInfo] = {
             "Bag",
             "Ankle boot",
         ),
+        gz_md5={
+            "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        gz_sha256={
+            "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
     ),
     "kmnist": DatasetInfo(
         name="kmnist",
         mirrors=("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-        # No SHA-256 is published for KMNIST: downloads are checked by IDX structure and size.
+        # No digest of the decompressed files is published: the .gz files' are, and are checked.
         sha256=dict.fromkeys(FILES.values()),
         classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+        gz_md5={
+            "train-images-idx3-ubyte": "bdb82020997e1d708af4cf47b453dcf7",
+            "train-labels-idx1-ubyte": "e144d726b3acfaa3e44228e80efcd344",
+            "t10k-images-idx3-ubyte": "5c965bf0a639b31b8f53240b1b52f4d7",
+            "t10k-labels-idx1-ubyte": "7320c461ea6c1c855c0b718fb2a4b134",
+        },
+        gz_sha256={
+            "train-images-idx3-ubyte": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+            "train-labels-idx1-ubyte": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+            "t10k-images-idx3-ubyte": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+            "t10k-labels-idx1-ubyte": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+        },
     ),
 }
 
@@ -258,7 +309,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) 
 
     info = dataset_info(name)
     folder = dataset_dir(name, data_dir)
-    files = {f"{raw}.gz": sha for raw, sha in info.sha256.items()}
+    files = {f"{raw}.gz": info.checksums(raw) for raw in FILES.values()}
     mirrors = tuple(m for m in os.environ.get("MNIST_CNN_MIRRORS", "").split() if m) or info.mirrors
     download_files(files, mirrors, folder)
     return folder

@@ -1,9 +1,10 @@
 """Download MNIST-like ``.gz`` files from a list of mirrors, verifying each before keeping it.
 
-A file is streamed into a temporary file next to its destination, its decompressed content
-is checked (SHA-256, or an IDX header when no checksum is known) and only then renamed into
-place. Any failure removes the temporary file and moves on to the next mirror; when all
-mirrors fail, :class:`~mnist_cnn.errors.DownloadError` says why, on one line.
+A file is streamed into a temporary file next to its destination, checked against every
+digest pinned for it (:class:`Checksums`: the published MD5 and SHA-256 of the ``.gz`` file, the
+SHA-256 of its decompressed content; an IDX header when no content digest is known) and only
+then renamed into place. Any failure removes the temporary file and moves on to the next
+mirror; when all mirrors fail, :class:`~mnist_cnn.errors.DownloadError` says why, on one line.
 """
 
 from __future__ import annotations
@@ -21,18 +22,35 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from mnist_cnn.errors import DownloadError
 
-__all__ = ["download_file", "download_files"]
+__all__ = ["Checksums", "download_file", "download_files"]
 
 log = logging.getLogger(__name__)
 
 _USER_AGENT = "mnist-cnn"
 _CHUNK = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """What one downloaded ``.gz`` file must match: every digest given is checked (hex)."""
+
+    sha256: str | None = None  # of the decompressed bytes (survives re-compression)
+    gz_sha256: str | None = None  # of the .gz file itself, as published
+    gz_md5: str | None = None  # of the .gz file itself, as published (torchvision's pins)
+
+    @classmethod
+    def of(cls, value: str | Checksums | None) -> Checksums:
+        """A bare string is the decompressed content's SHA-256, as before."""
+        given = value if isinstance(value, Checksums) else cls(sha256=value)
+        clean = {k: v.strip().lower() if v else None for k, v in vars(given).items()}
+        return cls(**clean)
 
 
 class _LocalError(Exception):
@@ -52,22 +70,25 @@ def download_file(
     filename: str,
     mirrors: Sequence[str],
     dest_dir: Path,
-    sha256: str | None,
+    sha256: str | Checksums | None,
     *,
     timeout: float = 30.0,
 ) -> Path:
-    """Download ``filename`` from the first working mirror into ``dest_dir`` and verify it."""
+    """Download ``filename`` from the first working mirror into ``dest_dir`` and verify it.
+
+    ``sha256``: the decompressed content's SHA-256, or :class:`Checksums`, or None (IDX check).
+    """
     return _download(filename, mirrors, Path(dest_dir), sha256, timeout, [filename])
 
 
 def download_files(
-    files: Mapping[str, str | None],
+    files: Mapping[str, str | Checksums | None],
     mirrors: Sequence[str],
     dest_dir: Path,
     *,
     timeout: float = 30.0,
 ) -> list[Path]:
-    """Download each ``name -> sha256`` in ``files`` not already in ``dest_dir``; return paths."""
+    """Download each ``name -> checksums`` in ``files`` missing from ``dest_dir``; return paths."""
     dest_dir = Path(dest_dir)
     paths: list[Path] = []
     missing = [name for name in files if _present(dest_dir, name) is None]
@@ -94,14 +115,14 @@ def _download(
     filename: str,
     mirrors: Sequence[str],
     dest_dir: Path,
-    sha256: str | None,
+    sha256: str | Checksums | None,
     timeout: float,
     all_names: Sequence[str],
 ) -> Path:
     """Try each mirror in turn; raise DownloadError naming every failure if none works."""
     if not filename or Path(filename).name != filename or filename in (".", ".."):
         raise ValueError(f"not a plain file name: {filename!r}")
-    expected = sha256.strip().lower() if sha256 is not None else None
+    expected = Checksums.of(sha256)
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -137,7 +158,7 @@ def _download(
     raise DownloadError(f"could not download {filename}: {detail}. {hint}")
 
 
-def _fetch_to(url: str, final: Path, expected: str | None, timeout: float) -> None:
+def _fetch_to(url: str, final: Path, expected: Checksums, timeout: float) -> None:
     """Stream ``url`` into a temp file beside ``final``, verify it, then move it into place."""
     try:
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
@@ -219,11 +240,19 @@ def _os_failure(err: OSError) -> _MirrorFailure:
     return _MirrorFailure(_oneline(err), network=True)
 
 
-def _verify(path: Path, expected: str | None) -> None:
-    """Gunzip ``path`` chunk by chunk and check its SHA-256, or its IDX header if none given."""
+def _verify(path: Path, expected: Checksums) -> None:
+    """Check the .gz file's digests, then gunzip it chunk by chunk and check its content."""
     with open(path, "rb") as f:
         if f.read(2) != _GZIP_MAGIC:
             raise _MirrorFailure("not a gzip file")
+    if expected.gz_sha256 or expected.gz_md5:
+        gz_sha256, gz_md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                gz_sha256.update(chunk)
+                gz_md5.update(chunk)
+        _compare(gz_sha256.hexdigest(), expected.gz_sha256, " as the .gz's SHA-256")
+        _compare(gz_md5.hexdigest(), expected.gz_md5, " as the .gz's MD5")
     digest = hashlib.sha256()
     head = b""
     try:
@@ -237,12 +266,15 @@ def _verify(path: Path, expected: str | None) -> None:
     except (gzip.BadGzipFile, zlib.error) as err:
         raise _MirrorFailure(f"corrupt gzip data ({_oneline(err)})") from None
 
-    if expected is not None:
-        got = digest.hexdigest()
-        if got != expected:
-            raise _MirrorFailure(f"checksum mismatch (got {got[:8]}…, expected {expected[:8]}…)")
+    if expected.sha256 is not None:
+        _compare(digest.hexdigest(), expected.sha256)
     elif not (len(head) == 4 and head[:3] == b"\x00\x00\x08" and 1 <= head[3] <= 3):
         raise _MirrorFailure(f"not an IDX file (header {head.hex() or 'empty'})")
+
+
+def _compare(got: str, expected: str | None, what: str = "") -> None:
+    if expected is not None and got != expected:
+        raise _MirrorFailure(f"checksum mismatch (got {got[:8]}…, expected {expected[:8]}…{what})")
 
 
 def _oneline(value: object) -> str:
