@@ -547,6 +547,27 @@ def _cmd_filters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "card",
+        help="a model card for a run (RUN/README.md, as model hubs show it)",
+        description="Write the run's model card: Hugging Face-style YAML front matter (license, "
+        "datasets, tags, test accuracy), the network, the command that reproduces it, where "
+        "it trained, per-class accuracy, limitations and how to load it. Training writes it "
+        "too, when it ends.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-o", "--out", metavar="FILE", help="output (default: RUN/README.md)")
+    p.set_defaults(func=_cmd_card)
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from .card import write_card
+
+    print(f"wrote {write_card(args.run, args.out)}")
+    return 0
+
+
 def _setup_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
@@ -651,6 +672,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_filters,
     _setup_plot,
     _setup_report,
+    _setup_card,
     _setup_predict,
 ]
 
