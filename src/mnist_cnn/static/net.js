@@ -252,14 +252,45 @@
     return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
   }
 
+  // The k-th smallest of a (copied) array: quickselect, linear time where a sort is n·log n.
+  function kth(a, k) {
+    let lo = 0;
+    let hi = a.length - 1;
+    while (hi > lo) {
+      const pivot = a[(lo + hi) >> 1];
+      let i = lo;
+      let j = hi;
+      while (i <= j) {
+        while (a[i] < pivot) i++;
+        while (a[j] > pivot) j--;
+        if (i <= j) {
+          const t = a[i];
+          a[i] = a[j];
+          a[j] = t;
+          i++;
+          j--;
+        }
+      }
+      if (k <= j) hi = j;
+      else if (k >= i) lo = i;
+      else break;
+    }
+    return a[k];
+  }
+
   // numpy's percentile (linear interpolation between the closest ranks).
   function percentile(values, q) {
-    const s = Float64Array.from(values).sort();
+    const s = Float64Array.from(values);
     const pos = (q / 100) * (s.length - 1);
     const lo = Math.floor(pos);
-    const hi = Math.min(lo + 1, s.length - 1);
+    const a = kth(s, lo);
+    let b = a;
+    if (lo + 1 < s.length) {
+      b = Infinity; // after the selection, everything right of lo is >= a: take its minimum
+      for (let i = lo + 1; i < s.length; i++) if (s[i] < b) b = s[i];
+    }
     const t = pos - lo;
-    return t >= 0.5 ? s[hi] - (s[hi] - s[lo]) * (1 - t) : s[lo] + (s[hi] - s[lo]) * t;
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
   }
 
   // 1.4826 × the median absolute deviation of float32 values (numpy keeps float32 throughout).
@@ -268,12 +299,14 @@
     return 1.4826 * f32(median(values.map((v) => Math.abs(f32(v - m)))));
   }
 
-  // Least squares for 3 unknowns by the normal equations (well conditioned: columns y, x, 1).
-  function solve3(rows, ys) {
+  // Least squares for y ≈ c0·u + c1·v + c2 over the rows where keep is set, by the normal
+  // equations (well conditioned: the columns are row/h, column/w and 1). Null if singular.
+  function fitPlane(us, vs, ys, keep) {
     const a = [[0, 0, 0], [0, 0, 0], [0, 0, 0]];
     const b = [0, 0, 0];
-    for (let r = 0; r < rows.length; r++) {
-      const d = rows[r];
+    for (let r = 0; r < ys.length; r++) {
+      if (!keep[r]) continue;
+      const d = [us[r], vs[r], 1];
       for (let i = 0; i < 3; i++) {
         b[i] += d[i] * ys[r];
         for (let j = 0; j < 3; j++) a[i][j] += d[i] * d[j];
@@ -303,25 +336,35 @@
 
   // preprocess.py's _paper_level: a plane fitted to the frame, refitted without ink-like pixels.
   function paperLevel(gray, h, w, frameIdx) {
-    const values = frameIdx.map((i) => gray[i]);
-    const design = frameIdx.map((i) => [Math.floor(i / w) / h, (i % w) / w, 1]);
-    let keep = values.map(() => true);
+    const n = frameIdx.length;
+    const values = new Float64Array(n);
+    const us = new Float64Array(n);
+    const vs = new Float64Array(n);
+    for (let r = 0; r < n; r++) {
+      const i = frameIdx[r];
+      values[r] = gray[i];
+      us[r] = Math.floor(i / w) / h;
+      vs[r] = (i % w) / w;
+    }
+    let keep = new Uint8Array(n).fill(1);
     let coef = [0, 0, median(values)];
     if (Math.min(h, w) >= 8) {
+      const resid = new Float64Array(n);
       for (let it = 0; it < 3; it++) {
-        const rows = [];
-        const ys = [];
-        for (let r = 0; r < values.length; r++) {
-          if (keep[r]) {
-            rows.push(design[r]);
-            ys.push(values[r]);
-          }
+        coef = fitPlane(us, vs, values, keep) || [0, 0, median(values)];
+        const kept = [];
+        for (let r = 0; r < n; r++) {
+          resid[r] = values[r] - (us[r] * coef[0] + vs[r] * coef[1] + coef[2]);
+          if (keep[r]) kept.push(Math.abs(resid[r]));
         }
-        coef = solve3(rows, ys) || [0, 0, median(values)];
-        const resid = values.map((v, r) => v - (design[r][0] * coef[0] + design[r][1] * coef[1] + coef[2]));
-        const spread = 1.4826 * median(resid.filter((_, r) => keep[r]).map(Math.abs)) + 1e-3;
-        keep = resid.map((v) => Math.abs(v) < 3 * spread);
-        if (keep.filter(Boolean).length < 0.5 * values.length) {
+        const spread = 1.4826 * median(kept) + 1e-3;
+        keep = new Uint8Array(n);
+        let count = 0;
+        for (let r = 0; r < n; r++) {
+          keep[r] = Math.abs(resid[r]) < 3 * spread ? 1 : 0;
+          count += keep[r];
+        }
+        if (count < 0.5 * n) {
           coef = [0, 0, median(values)];
           break;
         }
