@@ -19,7 +19,7 @@ trap cleanup EXIT
 step() { printf '\n== %s (%ds)\n' "$1" "$SECONDS"; }
 
 step "build sdist and wheel"
-"$PY" -m build --no-isolation --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 \
+"$PY" -m build --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 \
     || { cat "$WORK/build.log"; exit 1; }
 ls -l "$WORK/dist"
 WHEEL=$(ls "$WORK"/dist/*.whl)
