@@ -109,6 +109,12 @@ pad.addEventListener("pointercancel", endStroke);
 // ------------------------------------------------------------------ backends
 // Both answer in the server's JSON shapes (see /docs); in the page backend the base64 "data"
 // fields are Uint8Arrays already. A backend throws an Error whose message is shown to the reader.
+// predict(canvas, params) and randomTestDigit(params): params are extra query parameters for
+// the server's API (activations=true is always asked for); the page backend ignores them.
+
+function query(params) {
+  return new URLSearchParams({ activations: "true", ...params }).toString();
+}
 
 function serverBackend() {
   async function ask(url, options) {
@@ -126,15 +132,15 @@ function serverBackend() {
   return {
     inPage: false,
     info: () => ask("/api/info"),
-    async predict(canvas) {
+    async predict(canvas, params = {}) {
       const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-      return ask("/api/predict?activations=true", {
+      return ask(`/api/predict?${query(params)}`, {
         method: "POST",
         headers: { "Content-Type": "image/png" },
         body: blob,
       });
     },
-    randomTestDigit: () => ask("/api/random-test-digit?activations=true"),
+    randomTestDigit: (params = {}) => ask(`/api/random-test-digit?${query(params)}`),
   };
 }
 
@@ -213,7 +219,8 @@ function pageBackend(model, Net) {
 const backend = window.MNIST_CNN_MODEL
   ? pageBackend(window.MNIST_CNN_MODEL, window.MnistNet)
   : serverBackend();
-// Milliseconds from a finished stroke to the page showing the answer, newest last (for tests).
+// Milliseconds from asking the backend about the pad to the answer drawn (bars and maps), newest
+// last: what the page costs per update (read by the tests and benchmarks/web_page.py).
 const updateTimes = (window.mnistCnnUpdateTimes = []);
 
 // ------------------------------------------------------------------ asking the backend
