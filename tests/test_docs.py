@@ -33,6 +33,7 @@ import os
 import re
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -573,17 +574,31 @@ def test_script_commands_run_as_shown_from_a_fresh_clone(tmp_path: Path) -> None
     assert runs, "no script command without placeholders found: is the reader broken?"
     root, env = _fresh_environment(tmp_path)
     failures = []
-    for line, s in runs.items():
+    # All at once: each is mostly one Python start-up, and the machine has more than one core.
+    procs = {
+        line: subprocess.Popen(
+            ["bash", "-c", line],
+            cwd=root,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # so that a stuck one is stopped with all it started
+        )
+        for line in runs
+    }
+    for line, proc in procs.items():
+        s = runs[line]
         try:
-            out = subprocess.run(
-                ["bash", "-c", line], cwd=root, env=env, capture_output=True, text=True, timeout=60
-            )
+            stdout, stderr = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             failures.append(f"{s.where}: `{line}` ran past 60 s: does it honour MNIST_CNN_DRY_RUN?")
             continue
-        if out.returncode != 0:
-            tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-            failures.append(f"{s.where}: `{line}` exited {out.returncode}: {' | '.join(tail)}")
+        if proc.returncode != 0:
+            tail = (stderr or stdout).strip().splitlines()[-3:]
+            failures.append(f"{s.where}: `{line}` exited {proc.returncode}: {' | '.join(tail)}")
     # One process for all the --help checks (each script imports torch: once is enough).
     for script, s in helps.items():
         argv, sys.argv = sys.argv, [script, "--help"]
