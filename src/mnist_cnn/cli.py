@@ -77,7 +77,7 @@ def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mn
 
 def _setup_download(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "download", help="download a dataset (verified by SHA-256) into the data root"
+        "download", help="download a dataset (checked against its published digests)"
     )
     _add_data_args(p)
     p.set_defaults(func=_cmd_download)
