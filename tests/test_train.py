@@ -94,6 +94,36 @@ def test_data_order_is_a_function_of_seed_and_step():
     assert not torch.equal(feed(2)(27)[1], later)  # another seed, another order
 
 
+def test_plain_step_trains_like_the_fast_path(tmp_path, tiny_data):
+    """train(..., fast=False) (--plain-step) runs through train() and ends where the fast path
+    ends, in fp32, up to the rounding of fused Adam and channels-last convolutions."""
+    import dataclasses
+
+    config = preset_config("seed", steps=10, seed=4, device="cpu", log_every=5, precision="fp32")
+    plain = train(dataclasses.replace(config, fast=False), tmp_path / "plain", data=tiny_data)
+    quick = train(config, tmp_path / "fast", data=tiny_data)
+    saved = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert saved["train"]["fast"] is False
+    start = _weights_after(config, tmp_path, tiny_data)
+    wp, wf = _weights(plain.run_dir), _weights(quick.run_dir)
+    for name in wp:
+        # Each of the 10 Adam steps moves a weight by about lr = 1e-4 (so a path that skips or
+        # misapplies steps differs by ~1e-3 nearly everywhere). Rounding differences stay near
+        # 1e-6, except where a gradient is ~0 and Adam's division magnifies them to a step.
+        diff = (wp[name] - wf[name]).abs()
+        assert diff.max() < 5e-4, (name, diff.max())
+        assert (diff > 1e-5).float().mean() < 5e-3, (name, (diff > 1e-5).sum())
+        assert not torch.equal(wp[name], start[name]), name  # it trained
+
+
+def _weights_after(config, tmp_path, data) -> dict[str, torch.Tensor]:
+    """The weights after one step of the same seed: what the 10-step runs started near."""
+    import dataclasses
+
+    one = dataclasses.replace(config, steps=1)
+    return _weights(train(one, tmp_path / "one", data=data).run_dir)
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
     config = preset_config("seed", steps=2, seed=0, device="cpu")
     train(config, tmp_path / "run", data=tiny_data)
