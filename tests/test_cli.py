@@ -27,7 +27,7 @@ def test_train_then_evaluate_end_to_end(tmp_path, tiny_root, capsys):
     proc = run_cli(
         "train",
         "--steps",
-        "30",
+        "20",
         "--log-every",
         "10",
         "--eval-batch-size",
@@ -45,7 +45,7 @@ def test_train_then_evaluate_end_to_end(tmp_path, tiny_root, capsys):
     assert lines[0].startswith("step 0, training accuracy ")
     assert any(line.startswith("step 10, training accuracy ") for line in lines)
     assert lines[-2].startswith("test accuracy 0.") and lines[-2].endswith("/101)")
-    assert lines[-1].startswith("trained 30 steps in ") and lines[-1].endswith(str(run))
+    assert lines[-1].startswith("trained 20 steps in ") and lines[-1].endswith(str(run))
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
     for name in ("model.safetensors", "checkpoint.safetensors", "config.json", "metrics.jsonl"):
         assert (run / name).is_file(), name
