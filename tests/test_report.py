@@ -13,7 +13,10 @@ from PIL import Image
 from mnist_cnn import cli
 
 
-def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, tmp_path) -> None:
+def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_path) -> None:
+    """On the briefly trained run and its generated test set (101 images, some mislabelled, so
+    there are mistakes to show): the report's numbers are the run's."""
+    trained_run, data_root = tiny_run, tiny_root
     out = tmp_path / "deep" / "report.html"
     assert cli.main(["report", str(trained_run), "-o", str(out), "--data-dir", str(data_root)]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
