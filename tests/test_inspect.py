@@ -194,29 +194,28 @@ def test_confusion_and_confident_mistakes() -> None:
 
 
 def test_cli_features_filters_plot(tiny_run: Path, tiny_root: Path, tmp_path: Path, capsys) -> None:
-    trained_run, data_root = tiny_run, tiny_root
     own = tmp_path / "my digit.png"
     Image.fromarray(np.full((40, 30), 255, np.uint8)).save(own)  # blank: refused below
     out = tmp_path / "new" / "folder" / "maps.png"
-    args = ["--data-dir", str(data_root), "--index", "0", "3", "-o", str(out)]
-    assert cli.main(["features", str(trained_run), *args]) == 0
+    args = ["--data-dir", str(tiny_root), "--index", "0", "3", "-o", str(out)]
+    assert cli.main(["features", str(tiny_run), *args]) == 0
     assert Image.open(out).format == "PNG"
     capsys.readouterr()
-    assert cli.main(["features", str(trained_run), "--image", str(own), "-o", str(out)]) == 1
+    assert cli.main(["features", str(tiny_run), "--image", str(own), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{own}: no digit found" in err
     digit = np.zeros((60, 60), np.uint8)
     digit[10:50, 28:34] = 255  # a 1
     Image.fromarray(255 - digit).save(own)
     out2 = tmp_path / "conv2.png"
-    cmd = ["features", str(trained_run), "--image", str(own), "--layer", "conv2", "-o", str(out2)]
+    cmd = ["features", str(tiny_run), "--image", str(own), "--layer", "conv2", "-o", str(out2)]
     assert cli.main(cmd) == 0
     assert Image.open(out2).size[0] > 300
     out3 = tmp_path / "f.png"
-    assert cli.main(["filters", str(trained_run), "--layer", "conv2", "-o", str(out3)]) == 0
+    assert cli.main(["filters", str(tiny_run), "--layer", "conv2", "-o", str(out3)]) == 0
     assert Image.open(out3).format == "PNG"
     out4 = tmp_path / "curves.png"
-    assert cli.main(["plot", str(trained_run), "-o", str(out4)]) == 0
+    assert cli.main(["plot", str(tiny_run), "-o", str(out4)]) == 0
     assert Image.open(out4).format == "PNG"
 
 
