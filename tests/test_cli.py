@@ -104,3 +104,21 @@ def test_bad_settings_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dropout" in err and "[0, 1)" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--steps", "ten"], "expected a whole number, got 'ten'"),
+        (["serve", "RUN", "--port", "70000"], "must lie in 0-65535, got 70000"),
+        (["serve", "RUN", "--port", "http"], "expected a port number, got 'http'"),
+    ],
+)
+def test_ill_typed_flags_name_the_value(args, words, capsys):
+    """Usage errors: status 2 and argparse's message naming the flag's bad value."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert (
+        exit_.value.code == 2 and words in err and err.splitlines()[-1].startswith("usage") is False
+    )
