@@ -1,6 +1,7 @@
 """Time the exported page (``mnist-cnn export RUN --web``) in headless Chromium, from disk.
 
-    .venv/bin/python benchmarks/web_page.py RUN [--screenshot docs/images/web-page.png] [--images 500]
+    .venv/bin/python benchmarks/web_page.py RUN [--screenshot docs/images/web-page.png] \
+        [--images 500]
 
 Exports RUN twice (weights as the default chooses, and fp32), opens the default one from
 ``file://``, draws digits with the mouse and reports the time from a finished stroke to the
