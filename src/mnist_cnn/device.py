@@ -31,12 +31,17 @@ def select_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.split(":")[0] not in DEVICES:
-        raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or kind == "auto" and colon:
+        raise ConfigError(f"unknown device {name[:40]!r}: choose one of {', '.join(DEVICES)}")
+    if colon and not (index.isascii() and index.isdigit() and len(index) <= 3):
+        raise ConfigError(f"device {name[:40]!r}: the part after ':' must be a device number")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps asked for, but MPS is not available; use --device cpu")
+    if kind == "cuda" and colon and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
 
 

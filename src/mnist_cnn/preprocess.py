@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -60,19 +61,22 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
         path = Path(source)
         name = str(path)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             raise ImageError(f"{name}: no such file") from None
         except OSError as err:
             raise ImageError(f"{name}: cannot read ({err.strerror})") from None
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError(f"{name}: is a folder, not an image")
-        if size > MAX_FILE_BYTES:
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end
+            raise ImageError(f"{name}: not a regular file (a pipe or a device?)")
+        if st.st_size > MAX_FILE_BYTES:
             raise ImageError(
-                f"{name}: {size / 2**20:.0f} MiB is too large for a picture of a digit"
+                f"{name}: {st.st_size / 2**20:.0f} MiB is too large for a picture of a digit"
             )
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:  # bounded: the file may grow after the stat
+                data = fh.read(MAX_FILE_BYTES + 1)
         except OSError as err:
             raise ImageError(f"{name}: cannot read ({err.strerror})") from None
     if not data:
