@@ -58,7 +58,7 @@ def digits(mnist) -> DigitSet:
 @pytest.fixture(scope="module")
 def client(trained_run: Path, digits: DigitSet):
     app = create_app(trained_run, max_body_bytes=LIMIT, test_digits=digits)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         yield c
 
 
@@ -303,7 +303,7 @@ def test_a_model_that_fails_to_load_stops_at_start(tmp_path: Path, capsys) -> No
 
 def test_without_the_test_set_the_page_still_predicts(trained_run: Path, tmp_path: Path) -> None:
     app = create_app(trained_run, data_dir=tmp_path)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         assert c.get("/api/info").json()["test_digits"] == 0
         res = c.get("/api/random-test-digit")
         assert res.status_code == 503 and "--data-dir" in res.json()["detail"]

@@ -346,6 +346,14 @@ def _setup_serve(sub: argparse._SubParsersAction) -> None:
         help="data root holding the run's dataset, for the random-test-digit button "
         "(default: $MNIST_CNN_DATA, else ~/.cache/mnist-cnn)",
     )
+    p.add_argument(
+        "--allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also answer requests for this Host name (e.g. behind a proxy); by default only "
+        "loopback names and --host are answered, so other web pages cannot reach the server",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -372,6 +380,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         max_body_bytes=args.max_body_kib * 1024,
         on_ready=on_ready,
+        allow_hosts=args.allow_host,
     )
     return 0
 
