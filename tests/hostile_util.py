@@ -40,7 +40,9 @@ def join_safetensors(header: dict[str, Any], body: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + body
 
 
-def with_meta(data: bytes, edit: dict[str, Any], *, model_edit: dict[str, Any] | None = None) -> bytes:
+def with_meta(
+    data: bytes, edit: dict[str, Any], *, model_edit: dict[str, Any] | None = None
+) -> bytes:
     """A model file's bytes with its mnist-cnn metadata changed (tensors untouched)."""
     header, body = split_safetensors(data)
     meta = json.loads(header["__metadata__"]["meta"])

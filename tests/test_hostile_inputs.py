@@ -21,7 +21,7 @@ from mnist_cnn.errors import CheckpointError, DataError, MnistCnnError
 from mnist_cnn.preprocess import ImageError, load_image
 
 from .hostile_util import digit_png, join_safetensors, split_safetensors, tiny_model_file, with_meta
-from .idx_util import idx_bytes, write_dataset
+from .idx_util import write_dataset
 
 MAX_MESSAGE = 400  # characters: an error quotes what it must, never the file
 

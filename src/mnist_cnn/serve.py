@@ -41,7 +41,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from torch import nn
 
 from .checkpoint import RESULTS_FILE, load_model, model_file
@@ -319,6 +318,45 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class HostCheckMiddleware:
+    """400 for a request whose Host header names none of ``allowed`` (``"*"``: any).
+
+    A web page elsewhere can point a DNS name of its own at 127.0.0.1 and drive a local server
+    from the user's browser (DNS rebinding); its requests then carry that name as their Host.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.lower() for h in allowed)
+
+    @staticmethod
+    def host_name(header: str) -> str:
+        """The name in a Host header, without its port ('[::1]:8000' -> '[::1]')."""
+        header = header.strip().lower()
+        if header.startswith("["):
+            return header[: header.find("]") + 1]
+        return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket") or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"host", b"")
+        if self.host_name(raw.decode("latin-1")) in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "detail": "this server answers only to Host "
+                + ", ".join(sorted(self.allowed))[:500]
+                + " (start it with --allow-host NAME to add one)"
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 # --------------------------------------------------------------------------- the app
@@ -669,7 +707,7 @@ def create_app(
     # Added last, so they run first: the Host is checked, then the body's size, before anything
     # reads a body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
+    app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts)
     return app
 
 
