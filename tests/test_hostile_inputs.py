@@ -243,3 +243,27 @@ def test_project_errors_are_one_family():
     # The CLI prints one line for these; the tests above rely on it.
     for err in (CheckpointError, DataError, ImageError):
         assert issubclass(err, MnistCnnError)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_script_in_run_files_never_reaches_the_report_unescaped(capsys, tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root / "mnist", n_train=5_010, n_test=20)
+    run = tmp_path / "run"
+    run.mkdir()
+    script = "<script>alert(1)</script>"
+    # In the model's step field: the model file is refused, and no report is written.
+    tiny_model_file(run / "model.safetensors", extra={"step": script})
+    out = tmp_path / "report.html"
+    argv = ["report", str(run), "-o", str(out), "--data-dir", str(root), "--device", "cpu"]
+    assert "step must be a whole number" in _one_line_error(capsys, argv)
+    assert not out.exists()
+    # In config.json, which the report shows: escaped.
+    tiny_model_file(run / "model.safetensors")
+    (run / "config.json").write_text(json.dumps({"note": script, script: 1}))
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
