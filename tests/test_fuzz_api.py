@@ -16,7 +16,7 @@ from mnist_cnn.serve import DigitSet, create_app
 from .hostile_util import tiny_model_file
 
 FUZZ = settings(
-    max_examples=50,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     # No shrinking: a failure is reported as found; a failing run stays as short as a passing one.

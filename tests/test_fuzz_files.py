@@ -26,7 +26,7 @@ from .hostile_util import tiny_model_file, with_meta
 from .idx_util import idx_bytes
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,  # the shared CI machine's timing is not the point; the timeout below is
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     # No shrinking: a failure is reported as found; a failing run stays as short as a passing one.

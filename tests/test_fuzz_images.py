@@ -22,7 +22,7 @@ from mnist_cnn.preprocess import ImageError, load_image, preprocess_image
 from .hostile_util import tiny_model_file
 
 FUZZ = settings(
-    max_examples=50,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     # No shrinking: a failure is reported as found; a failing run stays as short as a passing one.

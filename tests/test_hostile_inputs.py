@@ -231,7 +231,7 @@ def test_export_refuses_an_opset_it_cannot_write():
     check_opset(None)
 
 
-@pytest.mark.parametrize("device", ["cpu:abc", "cpu:-1", "cpu:²", "tpu", "auto:0"])
+@pytest.mark.parametrize("device", ["cpu:abc", "cpu:²", "auto:0"])
 def test_a_malformed_device_is_one_line(capsys, tiny_run, device):
     err = _one_line_error(
         capsys, ["predict", str(tiny_run), str(tiny_run / "digit.png"), "--device", device]
@@ -248,7 +248,19 @@ def test_project_errors_are_one_family():
 # --------------------------------------------------------------------------- the report
 
 
-def test_script_in_run_files_never_reaches_the_report_unescaped(capsys, tmp_path):
+def _write_png(target) -> None:
+    data = digit_png(np.zeros((28, 28), dtype=np.uint8), scale=1)
+    if hasattr(target, "write"):
+        target.write(data)
+    else:
+        Path(target).write_bytes(data)
+
+
+def test_script_in_run_files_never_reaches_the_report_unescaped(capsys, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    # The pictures are not the point here, and rendering them is most of a report's time.
+    monkeypatch.setattr(Figure, "savefig", lambda self, target, **kw: _write_png(target))
     root = tmp_path / "data"
     write_dataset(root / "mnist", n_train=5_010, n_test=20)
     run = tmp_path / "run"

@@ -122,7 +122,7 @@ def build_report(
     add(f"<h1>mnist-cnn report: {html.escape(run_dir.name)}</h1>")
     add(
         f'<p class="sub">{html.escape(str(run_dir.resolve()))} · {html.escape(name)} · '
-        f"model after {step if step is not None else '?'} steps · evaluated on "
+        f"model after {html.escape(str(step)) if step is not None else '?'} steps · evaluated on "
         f"{html.escape(device_description(dev))}</p>"
     )
 
