@@ -79,3 +79,25 @@ def small_mnist(mnist):
         return Split(split.name, split.images[:n], split.labels[:n])
 
     return dataclasses.replace(mnist, val=head(mnist.val, 500), test=head(mnist.test, 500))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say which precision paths ran on this hardware and which could not run here."""
+    from mnist_cnn.step import BF16_SWITCH, bf16_support
+
+    cpu = torch.device("cpu")
+    native, said = bf16_support(cpu)
+    kernels = torch.backends.cpu.get_cpu_capability()
+    if native and BF16_SWITCH not in said:
+        bf16 = "bf16 tests ran on native bf16"
+    else:
+        bf16 = f"no native bf16 ({said}): bf16 tests ran emulated, forced by {BF16_SWITCH}=native"
+    not_here = ["CUDA graph capture (its logic ran with an eager stand-in)", "CUDA bf16", "NCCL"]
+    if torch.cuda.is_available():
+        not_here = []
+    if not torch.backends.mps.is_available():
+        not_here.append("MPS")
+    write = terminalreporter.write_line
+    write(f"precision: CPU kernels {kernels}; {bf16}; fp32 tests ran in fp32")
+    if not_here:
+        write(f"not run on this hardware (no such device): {', '.join(not_here)}")

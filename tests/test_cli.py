@@ -36,7 +36,8 @@ def test_train_then_evaluate_end_to_end(tmp_path, data_root, monkeypatch):
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("step 0, training accuracy ")
+    assert lines[0].startswith("plan: fast path, ") and " threads" in lines[0]  # how it ran
+    assert lines[1].startswith("step 0, training accuracy ")
     assert any(line.startswith("step 10, training accuracy ") for line in lines)
     assert lines[-2].startswith("test accuracy 0.")
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal

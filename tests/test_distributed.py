@@ -65,6 +65,10 @@ def _train_args(root: Path, out: Path, steps: int, dropout: float) -> list[str]:
         str(dropout),
         "--device",
         "cpu",
+        # fp32: the tolerances below are float rounding of a 2-way gradient average; under bf16
+        # autocast (auto's choice on a CPU with native bf16) they would be bf16 rounding.
+        "--precision",
+        "fp32",
         "--log-every",
         "1000",  # one record, at step 0: validation costs more than the steps
         "--checkpoint-every",
@@ -182,6 +186,7 @@ def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
     rc, out, err = _finish(_torchrun(["train", "--resume", str(two)]))
     assert rc == 0, err
     assert config["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert config["plan"]["precision"] == "fp32"
 
     w1, w2 = _weights(one), _weights(two)
     assert w1.keys() == w2.keys()

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mnist_cnn.batches import batch_indices
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.train import batch_indices, preset_config, train
+from mnist_cnn.train import preset_config, train
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
