@@ -83,6 +83,15 @@ def _confusion_table(confusion: np.ndarray, classes: tuple[str, ...]) -> str:
     )
 
 
+def _plan_section(plan: Any) -> str:
+    """How the run's training step was computed (config.json's "plan"), as a short table."""
+    if not isinstance(plan, dict):
+        return '<h2>Training step</h2><p class="note">not recorded in this run folder.</p>'
+    keys = ("precision", "requested", "plain", "channels_last", "fused_adam", "cuda_graph")
+    keys += ("device", "hardware", "bf16", "threads")
+    return "<h2>Training step</h2>" + _kv_table({k: plan[k] for k in keys if k in plan})
+
+
 def build_report(
     run: str | os.PathLike[str],
     *,
@@ -185,6 +194,8 @@ def build_report(
 
     add("<h2>Learned conv1 filters</h2>")
     add(_img(figure_png(insp.plot_filters(insp.filters(model, "conv1"), "conv1")), "filters"))
+
+    add(_plan_section(config.get("plan")))
 
     add("<h2>Configuration</h2>")
     add(_kv_table(config))
