@@ -1,31 +1,24 @@
-"""The fast path in whole runs: fast preset smoke, exact resume, --seed repeatability, bench."""
+"""The fast path in whole runs: fast preset smoke, exact resume, --seed repeatability, bench.
+
+On generated data (``tiny_data``): what is tested is the path, not accuracy.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from mnist_cnn import bench as bench_module
+from mnist_cnn import bench
 from mnist_cnn import step as st
-from mnist_cnn.bench import bench, check_equivalence, format_report
+from mnist_cnn.bench import check_equivalence, format_report, format_table, run_bench
 from mnist_cnn.checkpoint import load_model
 from mnist_cnn.cli import main
-from mnist_cnn.datasets import MNISTLike, Split
+from mnist_cnn.datasets import MNISTLike
 from mnist_cnn.model import FastCNN, ModelConfig
 from mnist_cnn.train import preset_config, resume, train
-
-
-def _subset(data: MNISTLike, n_train: int = 2000, n_eval: int = 500) -> MNISTLike:
-    def cut(split: Split, n: int) -> Split:
-        return Split(split.name, split.images[:n], split.labels[:n])
-
-    return dataclasses.replace(
-        data, train=cut(data.train, n_train), val=cut(data.val, n_eval), test=cut(data.test, n_eval)
-    )
 
 
 def _fast(steps: int = 16, batch_size: int = 16, **kw) -> object:
@@ -46,21 +39,30 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_fast_preset_trains_and_reloads(tmp_path: Path, mnist: MNISTLike) -> None:
+def _steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fast_preset_trains_and_reloads(tmp_path: Path, tiny_data: MNISTLike) -> None:
     logs: list[dict] = []
-    train(_fast(batch_size=32), tmp_path / "run", data=_subset(mnist), on_log=logs.append)
+    train(_fast(batch_size=32), tmp_path / "run", data=tiny_data, on_log=logs.append)
     # 16 steps are too few for batch norm's running averages to settle, so judge the loss.
     assert logs[-1]["step"] == 16 and logs[-1]["loss"] < logs[1]["loss"]
     model, meta = load_model(tmp_path / "run")
     assert isinstance(model, FastCNN) and meta["model"]["arch"] == "fast-cnn"
-    _, acts = model(mnist.test.images[:2].float().div(255), return_activations=True)
-    assert acts["conv1"].shape == (2, 16, 28, 28) and acts["conv2"].shape == (2, 32, 14, 14)
+    _, acts = model(tiny_data.test.images[:2].float().div(255), return_activations=True)
+    c1, c2 = meta["model"]["conv1_channels"], meta["model"]["conv2_channels"]
+    assert acts["conv1"].shape == (2, c1, 28, 28) and acts["conv2"].shape == (2, c2, 14, 14)
     assert set(acts) == {"conv1", "pool1", "conv2", "pool2", "fc1", "logits"}
 
 
-def test_fast_path_resume_is_exact_and_seed_repeats(tmp_path: Path, mnist: MNISTLike) -> None:
-    """Stopped at step 8 and resumed == never stopped == a second run with the same seed."""
-    data = _subset(mnist)
+def test_fast_path_resume_is_exact_and_seed_repeats(tmp_path: Path, tiny_data: MNISTLike) -> None:
+    """Stopped at step 8 and resumed == never stopped == a second run with the same seed.
+
+    The resume must start at the checkpoint (step 8), not redo steps 0-7: its records begin at
+    step 8, and the run's metrics hold each logged step once.
+    """
+    data = tiny_data
     config = _fast()
     train(config, tmp_path / "whole", data=data)
     train(config, tmp_path / "again", data=data)
@@ -71,7 +73,11 @@ def test_fast_path_resume_is_exact_and_seed_repeats(tmp_path: Path, mnist: MNIST
 
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "stopped", data=data, on_log=stop_at_8)
-    resume(tmp_path / "stopped", data=data)
+    resumed: list[dict] = []
+    result = resume(tmp_path / "stopped", data=data, on_log=resumed.append)
+    assert [r["step"] for r in resumed] == [8, 16]  # a restart from 0 would log step 0 again
+    assert result.steps == 16
+    assert _steps(tmp_path / "stopped") == _steps(tmp_path / "whole") == [0, 8, 16]
     whole = _weights(tmp_path / "whole")
     for other in ("again", "stopped"):
         for name, value in _weights(tmp_path / other).items():
@@ -84,7 +90,7 @@ SMALL = ModelConfig(conv1_channels=8, conv2_channels=16, hidden=32)
 def _tiny_bench(**kw) -> object:
     images = torch.randint(0, 256, (400, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (400,))
-    return bench(
+    return bench.bench(
         "cpu", steps=4, warmup=1, rounds=2, model_config=SMALL, images=images, labels=labels,
         matmul_size=256, **kw,
     )  # fmt: skip
@@ -105,6 +111,45 @@ def test_bench_checks_equivalence_and_the_machine_rate() -> None:
     assert "ours (fast path)" in text and "% of it" in text
 
 
+def test_bench_counts_steps_and_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each loop runs warm-up (twice: memory, then timing) plus exactly ``steps`` timed steps,
+    split over rounds with a remainder; images/s and the ratio follow from the times."""
+    taken: dict[str, int] = {}
+
+    def counted(name: str, make):
+        def loop(*args, **kwargs):
+            model, it = make(*args, **kwargs)
+
+            def counting():
+                for loss in it:
+                    taken[name] = taken.get(name, 0) + 1
+                    yield loss
+
+            return model, counting()
+
+        return loop
+
+    monkeypatch.setattr(bench, "plain_loop", counted("plain", bench.plain_loop))
+    monkeypatch.setattr(bench, "fast_loop", counted("fast", bench.fast_loop))
+    images = torch.randint(0, 256, (400, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (400,))
+    small = ModelConfig(conv1_channels=8, conv2_channels=16, hidden=32)
+    rows = run_bench(
+        "cpu", steps=5, warmup=1, rounds=2, batch_size=20, model_config=small,
+        images=images, labels=labels,
+    )  # fmt: skip
+    assert taken == {"plain": 2 * 1 + 5, "fast": 2 * 1 + 5}  # 5 = 3 + 2 over two rounds
+    assert [r.name for r in rows] == ["plain loop", "ours (fast path)"]
+    for r in rows:
+        assert r.steps == 5
+        assert r.images_per_s == pytest.approx(5 * 20 / r.seconds, rel=1e-9)
+    assert rows[1].ratio == pytest.approx(rows[1].images_per_s / rows[0].images_per_s, rel=1e-9)
+    table = format_table(rows)
+    assert table.count("\n") == 3
+    for r in rows:
+        assert f"| {r.name} | 5 | {r.images_per_s:,.0f} | {r.ratio:.2f}× |" in table
+
+
 def test_bench_bf16_row_where_bf16_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(st.BF16_SWITCH, "native")  # emulated where the CPU lacks it: tiny net
     rows = check_equivalence(torch.device("cpu"), "auto", model_config=SMALL, batch_size=8)
@@ -117,7 +162,7 @@ def test_bench_fails_when_the_fast_path_computes_another_function(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """A fast path that drifts (here: its weights nudged by 1%) is caught; bench exits 1."""
-    real = bench_module.prepare_model
+    real = bench.prepare_model
 
     def drifting(model: torch.nn.Module, plan: st.StepPlan) -> torch.nn.Module:
         model = real(model, plan)
@@ -127,16 +172,16 @@ def test_bench_fails_when_the_fast_path_computes_another_function(
                     p.mul_(1.01)
         return model
 
-    monkeypatch.setattr(bench_module, "prepare_model", drifting)
+    monkeypatch.setattr(bench, "prepare_model", drifting)
     rows = check_equivalence(torch.device("cpu"), "fp32", model_config=SMALL, batch_size=8)
     assert not rows[0].ok
-    real_bench = bench_module.bench
+    real_bench = bench.bench
     monkeypatch.setattr(
-        bench_module, "bench", lambda device, **kw: real_bench(device, **{**kw, "steps": 2})
+        bench, "bench", lambda device, **kw: real_bench(device, **{**kw, "steps": 2})
     )
-    monkeypatch.setattr(bench_module, "ModelConfig", lambda: SMALL)
-    monkeypatch.setattr(bench_module, "TRAIN_IMAGES", 200)
-    monkeypatch.setattr(bench_module, "DEFAULT_MATMUL_SIZE", 256)
+    monkeypatch.setattr(bench, "ModelConfig", lambda: SMALL)
+    monkeypatch.setattr(bench, "TRAIN_IMAGES", 200)
+    monkeypatch.setattr(bench, "DEFAULT_MATMUL_SIZE", 256)
     assert main(["bench", "--device", "cpu", "--precision", "fp32", "--steps", "2"]) == 1
     out = capsys.readouterr()
     assert "DIFFERENT" in out.out
@@ -157,23 +202,10 @@ def test_cli_rejects_bf16_without_native_support_before_writing(
     assert not (tmp_path / "r").exists()  # nothing written: the same command can run later
 
 
-def _random_data(n_train: int = 64, n_eval: int = 16) -> MNISTLike:
-    gen = torch.Generator().manual_seed(0)
-
-    def split(name: str, n: int) -> Split:
-        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
-        return Split(name, images, torch.randint(0, 10, (n,), generator=gen))
-
-    return MNISTLike(
-        "mnist", tuple("0123456789"), split("train", n_train), split("val", n_eval),
-        split("test", n_eval),
-    )  # fmt: skip
-
-
-def test_the_plan_is_recorded(tmp_path: Path) -> None:
+def test_the_plan_is_recorded(tmp_path: Path, tiny_data: MNISTLike) -> None:
     logs: list[dict] = []
     config = _fast(steps=2, batch_size=8, precision="fp32")
-    train(config, tmp_path / "run", data=_random_data(), on_log=logs.append)
+    train(config, tmp_path / "run", data=tiny_data, on_log=logs.append)
     plan = json.loads((tmp_path / "run" / "config.json").read_text())["plan"]
     assert plan["precision"] == "fp32" and plan["requested"] == "fp32"
     assert plan["channels_last"] and plan["fused_adam"] and not plan["cuda_graph"]
