@@ -1,6 +1,6 @@
 """Run docs/tour.ipynb top to bottom and keep its outputs (the pictures the docs show).
 
-    PYTHONPATH=src python docs/make_tour.py [--steps 1500] [--eval-images N] [--out FILE]
+    PYTHONPATH=src python docs/make_tour.py [--steps 1000] [--eval-images N] [--out FILE]
 
 The notebook runs in a kernel of this interpreter (a kernelspec made in a temporary folder, so
 nothing is installed), in a temporary working folder (its run folder is thrown away after), with
@@ -22,7 +22,7 @@ from nbclient import NotebookClient
 
 TOUR = Path(__file__).resolve().parent / "tour.ipynb"
 KERNEL = "mnist-cnn-tour"
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 1000
 
 
 def _kernelspec(root: Path) -> None:

@@ -108,7 +108,7 @@ def test_tour_runs_top_to_bottom(data_root: Path, monkeypatch: pytest.MonkeyPatc
     assert float(re.search(r"loss_fn: +([\d.]+)", loss).group(1)) == pytest.approx(120, abs=1e-3)
 
     # Batch 100 and one batch of everything give the same count, with memory measured.
-    lines = _text(_cell_with(nb, "for batch in (100, len(data.test))")).splitlines()
+    lines = _text(_cell_with(nb, "for r in (result.test, at_once)")).splitlines()
     assert len(lines) == 2, lines
     counts = [re.search(r"\((\d[\d,]*)/100\)", ln).group(1) for ln in lines]
     assert counts[0] == counts[1], lines
