@@ -40,31 +40,31 @@ def _code_pieces(text: str) -> list[tuple[int, str, bool]]:
     return out
 
 
-def named_commands(text: str) -> dict[str, tuple[str, ...]]:
-    """What a README names: ``'mnist-cnn export --web'`` or ``'make test'`` -> the words to
-    find together in one piece of code of the other README, with the first line naming it.
+def named_commands(text: str) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """What a README names: ``'mnist-cnn export --web'`` or ``'make test'`` -> the first line
+    naming it, and the words to find together in one piece of code of the other README.
 
     A command is its subcommand, plus, in a table row, the long flags written outside square
     brackets (``mnist-cnn export RUN --web DIR``: ``--web``; ``[--split ...]``: optional, left
     out). A make target counts wherever code shows ``make TARGET``.
     """
-    found: dict[str, tuple[str, ...]] = {}
-    for _, code, row in _code_pieces(text):
+    found: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for line, code, row in _code_pieces(text):
         for m in COMMAND.finditer(code):
             rest = COMMAND.split(code[m.end() :])[0]  # up to the next command in the same code
             flags = _bare_flags(rest) if row else []
             words = (f"mnist-cnn {m.group(1)}", *flags)
-            found.setdefault(" ".join(words), words)
+            found.setdefault(" ".join(words), (line, words))
         for m in MAKE.finditer(code):
-            found.setdefault(f"make {m.group(1)}", (f"make {m.group(1)}",))
+            found.setdefault(f"make {m.group(1)}", (line, (f"make {m.group(1)}",)))
     return found
 
 
-def _missing(required: dict[str, tuple[str, ...]], text: str) -> list[str]:
+def _missing(required: dict[str, tuple[int, tuple[str, ...]]], text: str) -> list[str]:
     pieces = [code for _, code, _ in _code_pieces(text)]
     return [
         name
-        for name, words in required.items()
+        for name, (_, words) in required.items()
         if not any(
             all(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", code) for w in words)
             for code in pieces
@@ -81,9 +81,10 @@ def test_every_command_of_the_readme_is_in_the_chinese_readme() -> None:
     missing = _missing(required, README_ZH.read_text(encoding="utf-8"))
     assert not missing, (
         "README.zh-CN.md does not mention "
-        + ", ".join(f"`{' … '.join(required[m])}`" for m in missing)
-        + " (named in README.md): add it to the command table in README.zh-CN.md "
-        "(the commands themselves stay in English)"
+        + "; ".join(
+            f"`{' … '.join(required[m][1])}` (README.md line {required[m][0]})" for m in missing
+        )
+        + ": add each to the command table in README.zh-CN.md (commands stay in English)"
     )
 
 
