@@ -27,7 +27,7 @@ def _bare_flags(code: str) -> list[str]:
 
 
 def _code_pieces(text: str) -> list[tuple[int, str, bool]]:
-    """(line number, code, in a table row) for every code span and fenced code line."""
+    """(line number, code, in a table row or heading) for every code span and fenced code line."""
     out: list[tuple[int, str, bool]] = []
     for block in FENCE.finditer(text):
         first = text.count("\n", 0, block.start(1)) + 1
@@ -35,7 +35,7 @@ def _code_pieces(text: str) -> list[tuple[int, str, bool]]:
     fenced = {n for n, _, _ in out}
     for n, line in enumerate(text.splitlines(), 1):
         if n not in fenced:
-            row = line.lstrip().startswith("|")
+            row = line.lstrip().startswith(("|", "#"))
             out += [(n, m.group(1).replace("\\|", "|"), row) for m in SPAN.finditer(line)]
     return out
 
@@ -44,9 +44,9 @@ def named_commands(text: str) -> dict[str, tuple[int, tuple[str, ...]]]:
     """What a README names: ``'mnist-cnn export --web'`` or ``'make test'`` -> the first line
     naming it, and the words to find together in one piece of code of the other README.
 
-    A command is its subcommand, plus, in a table row, the long flags written outside square
-    brackets (``mnist-cnn export RUN --web DIR``: ``--web``; ``[--split ...]``: optional, left
-    out). A make target counts wherever code shows ``make TARGET``.
+    A command is its subcommand, plus, in a table row or a heading, the long flags written
+    outside square brackets (``mnist-cnn export RUN --web DIR``: ``--web``; ``[--split ...]``:
+    optional, left out). A make target counts wherever code shows ``make TARGET``.
     """
     found: dict[str, tuple[int, tuple[str, ...]]] = {}
     for line, code, row in _code_pieces(text):
