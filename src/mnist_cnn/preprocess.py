@@ -16,7 +16,9 @@ to the other:
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,10 @@ from .errors import MnistCnnError
 FIT_SIZE = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger than any sensible photo of one digit
 MAX_PIXELS = 40_000_000  # refuse decompression bombs well before Pillow's own limit
+# Larger pictures are shrunk (by whole-pixel box averaging) before any float work: the digit ends
+# as 20×20, and at 1 MP the float arrays of preprocessing stay under ~100 MB.
+WORK_PIXELS = 1_000_000
+WORK_SIDE = 2_048  # ... and neither side longer than this (a 1 × 16 M strip is not 16 MP of work)
 INK_THRESHOLD = 0.2  # fraction of the ink's peak above which a (blurred) pixel counts when cropping
 NOISE_SIGMAS = 5.0  # ... and it must stand out from the paper by this many noise deviations
 NOISE_FLOOR_SIGMAS = 2.0  # paper up to this many noise deviations above its level is paper
@@ -41,9 +47,32 @@ class ImageError(MnistCnnError):
     """An image that cannot be read or holds no digit."""
 
 
+def _reduction(width: int, height: int) -> int:
+    """The whole factor that brings a picture within WORK_PIXELS and WORK_SIDE (1: none)."""
+    by_area = math.ceil(math.sqrt(width * height / WORK_PIXELS))
+    return max(1, by_area, math.ceil(max(width, height) / WORK_SIDE))
+
+
+def shrink_for_work(image: Image.Image) -> Image.Image:
+    """``image`` box-averaged by a whole factor to at most WORK_PIXELS (itself if small enough).
+
+    Transparency is averaged premultiplied, so transparent pixels' hidden colour never bleeds
+    into the ink.
+    """
+    factor = _reduction(image.width, image.height)
+    if factor == 1:
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return image.convert("RGBa").reduce(factor).convert("RGBA")
+    if image.mode not in ("L", "RGB", "I", "F", "CMYK"):
+        image = image.convert("L")
+    return image.reduce(factor)
+
+
 def _from_pil(image: Image.Image) -> np.ndarray:
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(f"image is {image.width}×{image.height} pixels; too large for one digit")
+    image = shrink_for_work(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent areas are paper: composite onto white before going gray.
         rgba = image.convert("RGBA")
@@ -52,27 +81,36 @@ def _from_pil(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
-    """Open an image file (or bytes), with clear errors for non-images, empty and huge files."""
+def load_image(
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """Open an image file (or bytes), with clear errors for non-images, empty and huge files.
+
+    A picture of more than ``max_pixels`` is refused from its header, before it is decoded; a
+    large one comes back shrunk to about WORK_PIXELS (JPEGs are decoded at reduced scale).
+    """
     if isinstance(source, bytes):
         data, name = source, "image"
     else:
         path = Path(source)
         name = str(path)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             raise ImageError(f"{name}: no such file") from None
         except OSError as err:
             raise ImageError(f"{name}: cannot read ({err.strerror})") from None
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError(f"{name}: is a folder, not an image")
-        if size > MAX_FILE_BYTES:
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end
+            raise ImageError(f"{name}: not a regular file (a pipe or a device?)")
+        if st.st_size > MAX_FILE_BYTES:
             raise ImageError(
-                f"{name}: {size / 2**20:.0f} MiB is too large for a picture of a digit"
+                f"{name}: {st.st_size / 2**20:.0f} MiB is too large for a picture of a digit"
             )
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:  # bounded: the file may grow after the stat
+                data = fh.read(MAX_FILE_BYTES + 1)
         except OSError as err:
             raise ImageError(f"{name}: cannot read ({err.strerror})") from None
     if not data:
@@ -83,12 +121,17 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
         )
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
+            if img.width * img.height > max_pixels:
                 raise ImageError(
                     f"{name}: {img.width}×{img.height} pixels is too large for a picture of a digit"
+                    f" (at most {max_pixels / 1e6:g} megapixels)"
                 )
+            factor = _reduction(img.width, img.height)
+            if factor > 1 and img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale
+                img.draft(img.mode, (-(-img.width // factor), -(-img.height // factor)))
             img.load()
-            return img.copy()
+            small = shrink_for_work(img)
+            return small.copy() if small is img else small
     except UnidentifiedImageError:
         raise ImageError(
             f"{name}: not an image Pillow can read (PNG, JPEG, BMP, GIF, ...)"
@@ -118,6 +161,11 @@ def preprocess_image(image: Image.Image | np.ndarray, *, invert: bool | None = N
             gray = gray / 255.0
         if gray.min() < 0 or gray.max() > 1:
             raise ImageError("image values must lie in 0–255 (uint8) or 0–1 (float)")
+        factor = _reduction(gray.shape[1], gray.shape[0])
+        if factor > 1:
+            gray = np.asarray(
+                Image.fromarray(np.ascontiguousarray(gray)).reduce(factor), dtype=np.float32
+            )
 
     return _mnist_like(gray, invert)
 
