@@ -610,6 +610,78 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(isinstance(r, Failure) for r in results) else 0
 
 
+def _setup_explain(sub: argparse._SubParsersAction) -> None:
+    from .explain import METHODS
+
+    p = sub.add_parser(
+        "explain",
+        help="what made the network say that: attribution maps for some digits",
+        description="Per image: the input, and for each method the attribution of the predicted "
+        "class (or --target) beside its overlay on the input. Red: evidence for the class, "
+        "blue: against. Methods: gradient x input, integrated gradients (from blank paper), "
+        "occlusion (a 5x5 patch slid over the image).",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("images", metavar="IMAGE", nargs="*", help="your own picture(s)")
+    p.add_argument(
+        "--index", type=int, nargs="+", action="extend", metavar="N", help="dataset image(s)"
+    )
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--target", type=int, metavar="K", help="explain class K instead")
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        nargs="+",
+        action="extend",
+        help="methods to show (default: all three)",
+    )
+    p.add_argument("-o", "--out", metavar="OUT.png", default="explain.png", help="explain.png")
+    p.add_argument("--data-dir", metavar="DIR", help="data root (default: $MNIST_CNN_DATA)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import inspect as insp
+    from .datasets import load_dataset
+    from .explain import METHODS, explain_figure
+    from .plotting import save_figure
+    from .preprocess import ImageError, load_image, preprocess_image
+
+    if not args.index and not args.images:
+        raise MnistCnnError("nothing to explain: give IMAGE file(s) or --index N")
+    model, classes, name = _load_for_inspection(args.run, args.device)
+    digits = []
+    if args.index:
+        digits += insp.split_digits(load_dataset(name, args.data_dir).split(args.split), args.index)
+    for path in args.images:
+        try:
+            image = preprocess_image(load_image(path))
+        except ImageError as err:
+            text = str(err)
+            raise ImageError(text if text.startswith(path) else f"{path}: {text}") from None
+        digits.append(insp.Digit(image, Path(path).name))
+    fig, exps = explain_figure(
+        model,
+        np.stack([d.image for d in digits]),
+        [d.name for d in digits],
+        methods=args.method or METHODS,
+        target=args.target,
+        classes=classes,
+        labels=[d.label for d in digits],
+    )
+    out = save_figure(fig, args.out)
+    for i, d in enumerate(digits):
+        print(f"{insp.describe(d, exps[0].probabilities[i], classes)}; explained: "
+              f"{classes[int(exps[0].targets[i])]}")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -624,6 +696,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_plot,
     _setup_report,
     _setup_predict,
+    _setup_explain,
 ]
 
 
