@@ -136,3 +136,24 @@ def test_cli_explain_writes_a_picture(trained_run: Path, tmp_path: Path, capsys)
     assert Image.open(out).size[0] > 600
     code = cli.main(["explain", str(trained_run), "-o", str(out)])
     assert code == 1 and "--index" in capsys.readouterr().err
+
+
+def test_integrated_gradients_agree_with_captum(model, mnist) -> None:
+    """The reference implementation (captum, in the dev extra: an ImportError here means the dev
+    extra is not installed, never a skip), same baseline and midpoint rule: equal to float
+    rounding."""
+    from captum.attr import IntegratedGradients
+
+    images = mnist.test.images[20:24].numpy()
+    ours = ex.explain(model, images, "integrated-gradients", steps=32)
+    x = torch.as_tensor(ours.inputs)
+    model.eval()
+    theirs = IntegratedGradients(model).attribute(
+        x,
+        baselines=torch.zeros_like(x),
+        target=torch.as_tensor(ours.targets),
+        n_steps=32,
+        method="riemann_middle",
+        internal_batch_size=64,
+    )
+    np.testing.assert_allclose(ours.attributions, theirs.detach().numpy(), rtol=1e-3, atol=1e-5)
