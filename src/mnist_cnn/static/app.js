@@ -121,7 +121,7 @@ async function predictDrawing() {
   pending = false;
   try {
     const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
-    const res = await fetch("/api/predict?activations=true", {
+    const res = await fetch("/api/predict?activations=true" + explainQuery(), {
       method: "POST",
       headers: { "Content-Type": "image/png" },
       body: blob,
@@ -142,11 +142,12 @@ async function predictDrawing() {
   }
 }
 
-async function randomTestDigit() {
+async function randomTestDigit(index = null) {
   clearTimeout(timer);
   pending = false;
   try {
-    const res = await fetch("/api/random-test-digit?activations=true");
+    const at = index === null ? "" : `&index=${index}`;
+    const res = await fetch("/api/random-test-digit?activations=true" + at + explainQuery());
     const body = await res.json();
     if (!res.ok) {
       showStatus(body.detail || `the server answered ${res.status}`, true);
@@ -174,7 +175,7 @@ $("clear").addEventListener("click", () => {
   showStatus("");
   showEmpty();
 });
-$("random").addEventListener("click", randomTestDigit);
+$("random").addEventListener("click", () => randomTestDigit());
 $("scale").addEventListener("change", () => {
   if (lastResult) drawAllMaps(lastResult.activations);
 });
@@ -226,6 +227,7 @@ function show(result, label) {
     row.classList.toggle("label", label !== null && k === label);
   });
   drawAllMaps(result.activations);
+  showWhy(result);
 }
 
 function showEmpty() {
@@ -243,6 +245,7 @@ function showEmpty() {
     const c = $(name);
     c.getContext("2d").clearRect(0, 0, c.width, c.height);
   }
+  showWhy(null);
 }
 
 function drawAllMaps(activations) {
@@ -348,3 +351,36 @@ clearPad();
 buildBars();
 sizeMapCanvases();
 loadInfo();
+
+// ------------------------------------------------------------------ why, and "not a digit"
+// The server computes the attribution (integrated gradients) when asked: one request per update.
+
+function explainQuery() {
+  return $("explain").checked ? "&explain=true" : "";
+}
+
+function showWhy(result) {
+  $("not-digit").hidden = !(result && result.not_a_digit);
+  const canvas = $("attribution");
+  const c = canvas.getContext("2d");
+  c.clearRect(0, 0, canvas.width, canvas.height);
+  const enc = result && $("explain").checked ? result.attribution : null;
+  if (!enc) return;
+  const q = decode(enc.data);
+  const lo = enc.min[0];
+  const hi = enc.max[0];
+  const limit = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+  const img = new ImageData(enc.shape[2], enc.shape[1]);
+  for (let i = 0; i < q.length; i++) {
+    const v = (lo + (q[i] / 255) * (hi - lo)) / limit; // -1 (against) … +1 (for)
+    const alpha = Math.round(230 * Math.min(1, Math.abs(v)));
+    img.data.set(v > 0 ? [255, 40, 40, alpha] : [50, 100, 255, alpha], 4 * i);
+  }
+  c.putImageData(img, 0, 0);
+}
+
+$("explain").addEventListener("change", () => {
+  if (mode === "test" && lastResult && lastResult.index !== undefined) randomTestDigit(lastResult.index);
+  else if (mode === "draw" && hasInk) schedule(0);
+  else showWhy(lastResult);
+});
