@@ -16,7 +16,6 @@ computed on first use and written atomically; it is recomputed if the model file
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -116,7 +115,7 @@ def _store(path: Path, scorer: DigitScorer, digest: str) -> None:
 
 def _read(path: Path, digest: str) -> DigitScorer | None:
     """The stored scorer, or None if absent, for another model, or not a valid file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         return None
@@ -132,8 +131,8 @@ def _read(path: Path, digest: str) -> DigitScorer | None:
                 return None
             refs = f.get_tensor("references")
         threshold, k = float(meta["threshold"]), int(meta["k"])
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError):
-        return None
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
+        return None  # damaged or not ours: calibrate afresh
     if refs.dtype != torch.float16 or not np.isfinite(threshold) or not 1 <= k <= len(refs):
         return None
     return DigitScorer(refs, threshold, k)
