@@ -157,3 +157,24 @@ def test_integrated_gradients_agree_with_captum(model, mnist) -> None:
         internal_batch_size=64,
     )
     np.testing.assert_allclose(ours.attributions, theirs.detach().numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_mistakes_get_the_evidence_for_both_answers(model, mnist) -> None:
+    from mnist_cnn import inspect as insp
+
+    images = mnist.test.images[:300].numpy()
+    probs = insp.predict_probabilities(model, images)
+    worst = insp.confident_mistakes(probs, mnist.test.labels[:300].numpy(), k=3)
+    assert worst  # the 600-step run gets a few of 300 wrong
+    fig = ex.mistake_explanations(model, images, worst)
+    x = images[[m.index for m in worst]]
+    said = ex.integrated_gradients(model, x, [m.predicted for m in worst])
+    truth = ex.integrated_gradients(model, x, [m.label for m in worst])
+    panels = [a for a in fig.axes if a.get_label().startswith("integrated-gradients[")]
+    assert len(panels) == 2 * len(worst)
+    for i in range(len(worst)):
+        drawn = [
+            np.asarray(a.images[0].get_array()) for a in panels if a.get_label().endswith(f"[{i}]")
+        ]
+        np.testing.assert_allclose(drawn[0], said[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(drawn[1], truth[i], rtol=1e-5, atol=1e-6)

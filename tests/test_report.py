@@ -23,8 +23,8 @@ def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, t
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text, re.I)
     assert "<script" not in text.lower() and "<link" not in text.lower()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    # curves, confusion, mistakes, conv1 maps, conv2 maps, filters
-    assert len(images) == 6
+    # curves, confusion, mistakes, what made it say that, conv1 maps, conv2 maps, filters
+    assert len(images) == 7
     for data in images:
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == "PNG"
     assert len(re.findall(r"<img ", text)) == len(images)
@@ -40,4 +40,4 @@ def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, t
     # The configuration is there, setting by setting.
     config = json.loads((trained_run / "config.json").read_text())
     assert f'<td class="k">train.lr</td><td class="v">{config["train"]["lr"]}</td>' in text
-    assert "most confident mistakes" in text
+    assert "most confident mistakes" in text and "What made it say that" in text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -317,3 +318,24 @@ def explain_figure(
     """Explain ``images`` by each of ``methods`` and draw them (one row per image)."""
     explanations = [explain(model, images, m, target) for m in methods]
     return plot_explanations(explanations, names, classes, labels), explanations
+
+
+def mistake_explanations(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    mistakes: Sequence[Any],
+    classes: Sequence[str] | None = None,
+    *,
+    limit: int = 8,
+) -> Figure:
+    """For the first ``limit`` mistakes (``inspect.Mistake``: index, label, predicted): the input
+    and integrated gradients for the wrong answer and for the true class, side by side."""
+    shown = list(mistakes)[:limit]
+    if not shown:
+        raise MnistCnnError("no mistakes to explain")
+    x = np.asarray(images)[[m.index for m in shown]]
+    said = explain(model, x, "integrated-gradients", [m.predicted for m in shown])
+    truth = explain(model, x, "integrated-gradients", [m.label for m in shown])
+    return plot_explanations(
+        [said, truth], [f"#{m.index}" for m in shown], classes, [m.label for m in shown]
+    )

@@ -21,6 +21,7 @@ from .datasets import load_dataset
 from .device import device_description, select_device
 from .errors import CheckpointError
 from .evaluate import run_dataset_name
+from .explain import mistake_explanations as explain_mistakes
 from .fileio import atomic_write_bytes
 from .plotting import figure_png
 
@@ -168,6 +169,9 @@ def build_report(
         "<table><tr><th>test index</th><th>true</th><th>predicted</th><th>probability</th></tr>"
         f"{rows}</table>"
     )
+    if worst:  # what made it say that: the wrong answer's evidence beside the true class's
+        add("<h3>What made it say that</h3>")
+        add(_img(figure_png(explain_mistakes(model, test.images.numpy(), worst, classes)), "why"))
 
     add("<h2>Feature maps</h2>")
     wanted = [c for c in FEATURE_CLASSES if c < len(classes)]
