@@ -479,7 +479,9 @@ def _run(
             run_dir / RESULTS_FILE,
             {"step": step, "train_seconds": seconds, "test": test.to_dict()},
         )
+        from .card import write_card
         from .inspect import save_training_curves  # matplotlib is imported only when needed
 
         save_training_curves(run_dir)  # <run>/curves.png: loss and accuracy against step
+        write_card(run_dir)  # <run>/README.md: the model card
     return TrainResult(run_dir=run_dir, config=config, steps=step, seconds=seconds, test=test)
