@@ -388,12 +388,14 @@ def create_app(
     device: str = "cpu",
     max_body_bytes: int = MAX_BODY_BYTES,
     test_digits: DigitSet | None = None,
+    digit_check: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving the draw-a-digit page and the JSON API for RUN.
 
     The model loads now, so a bad run raises CheckpointError here, before anything listens.
     Test digits come from the run's dataset in ``data_dir`` (or ``test_digits``); without them
-    the page still works and only the random-test-digit button is unavailable.
+    the page still works and only the random-test-digit button is unavailable. ``digit_check``:
+    answer ``not_a_digit`` too (the run's stored check, calibrated on its dataset on first use).
     """
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
@@ -407,7 +409,10 @@ def create_app(
         classes = [str(i) for i in range(10)]
     if test_digits is None:
         test_digits = _load_test_digits(dataset, data_dir)
-    scorer = optional_scorer(path, model, data_dir=data_dir, dataset=dataset)
+    # The not-a-digit check (calibrated on the run's dataset on first use; see digitness.py).
+    scorer = (
+        optional_scorer(path, model, data_dir=data_dir, dataset=dataset) if digit_check else None
+    )
     predictor = Predictor(model, torch_device, scorer)
     rng = np.random.default_rng()
     rng_lock = threading.Lock()
