@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,serve,tensorboard,onnx
 
-.PHONY: setup train test lint browser clean
+.PHONY: setup train test test-fast lint browser clean
 
 setup: $(VENV)/.installed
 
@@ -21,12 +21,21 @@ train: setup
 browser:
 	scripts/install-browser.sh
 
+# The whole suite under coverage (branches too; the processes tests start are measured as well),
+# then the ten slowest tests and the coverage of each module.
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest --durations=10
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
+
+# The edit-test loop: everything but real-MNIST training, the browser and torchrun (marker slow).
+test-fast: setup
+	$(PY) -m pytest -m "not slow" --durations=5
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage .coverage.*
