@@ -241,7 +241,7 @@ async function predictDrawing() {
   try {
     const started = performance.now();
     const body = await backend.predict(pad, explainParams());
-    if (mode !== "draw") return; // a test digit arrived meanwhile
+    if (mode !== "draw" || !hasInk) return; // a test digit arrived, or the pad was cleared, meanwhile
     showStatus("");
     show(body, null);
     updateTimes.push(performance.now() - started);
