@@ -4,9 +4,9 @@ PY     := $(VENV)/bin/python
 # A CPU build of PyTorch. On these machines torch==2.13.0 is a local CPU wheel; elsewhere see
 # the README ("CPU-only machines") or set TORCH='torch' for the default (CUDA) build.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,serve,tensorboard,onnx
+EXTRAS ?= dev,serve,tensorboard,onnx,docs
 
-.PHONY: setup train test test-fast lint browser clean
+.PHONY: setup train test test-fast lint browser clean tour
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 train: setup
 	$(VENV)/bin/mnist-cnn train
+
+# Re-run docs/tour.ipynb and keep its outputs (a real run: a few minutes on two cores).
+tour: setup
+	$(PY) docs/make_tour.py
 
 browser:
 	scripts/install-browser.sh

@@ -42,6 +42,10 @@ def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_
     # The configuration is there, setting by setting.
     config = json.loads((tiny_run / "config.json").read_text())
     assert f'<td class="k">train.lr</td><td class="v">{config["train"]["lr"]}</td>' in text
+    # How the step was computed: the precision actually used, not only the one asked for.
+    plan = config["plan"]
+    assert "<h2>Training step</h2>" in text
+    assert f'<td class="k">precision</td><td class="v">{plan["precision"]}</td>' in text
     assert "most confident mistakes" in text and "What made it say that" in text
 
 

@@ -175,6 +175,8 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
 
 def _format_log(rec: dict[str, Any]) -> str:
     line = f"step {rec['step']}, training accuracy {rec['train_accuracy']:g}"
+    if "plan" in rec:  # the first record: say how the step is computed
+        line = f"plan: {rec['plan']}\n{line}"
     line += f", validation accuracy {rec['val_accuracy']:.4f}"
     if rec.get("loss") is not None:
         line += f", loss {rec['loss']:.4f}"
@@ -447,13 +449,22 @@ def _setup_bench(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="time the plain training loop against the fast path on this machine",
-        description="Train the seed's network with the plain loop (DataLoader, eager) and with "
-        "the fast path, alternating, on random images; print images/s, ratio and peak memory.",
+        help="check and time the fast path against the plain training loop on this machine",
+        description="Check that the fast step computes the plain step's function on this "
+        "device (exit 1 if not), then train the seed's network with the plain loop (DataLoader, "
+        "eager) and with the fast path, alternating, on random images; print images/s, ratio, "
+        "peak memory, and the step's GFLOP/s as a fraction of this machine's matrix-multiply "
+        "rate.",
     )
     p.add_argument("--steps", type=_positive_int, default=300, help="timed steps each (300)")
     p.add_argument("--batch-size", type=_positive_int, default=50, help="images per step (50)")
     p.add_argument("--device", choices=list(DEVICES), default="auto", help="default auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="the fast path's precision (auto: bf16 where the device computes it natively)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_bench)
 
@@ -461,17 +472,20 @@ def _setup_bench(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from datetime import date
 
-    from .bench import format_table, run_bench
-    from .device import device_description, select_device
+    from .bench import bench, format_report
+    from .device import select_device
 
     device = select_device(args.device)
-    rows = run_bench(device, steps=args.steps, batch_size=args.batch_size)
-    where = f"{device_description(device)}, {date.today().isoformat()}"
+    report = bench(device, steps=args.steps, batch_size=args.batch_size, precision=args.precision)
+    where = f"{report.plan.summary()}; {date.today().isoformat()}"
     if args.json:
-        _print_json({"device": where, "rows": [r.to_dict() for r in rows]})
-        return 0
-    print(f"seed network, batch {args.batch_size}, on {where}")
-    print(format_table(rows))
+        _print_json({"device": where, **report.to_dict()})
+    else:
+        print(f"seed network, batch {args.batch_size}, {where}")
+        print(format_report(report))
+    if not report.ok:
+        print("mnist-cnn: error: the fast path disagrees with the plain step", file=sys.stderr)
+        return 1
     return 0
     return 0
 

@@ -49,6 +49,43 @@ def device_description(device: torch.device) -> str:
     return device.type
 
 
+# The instruction-set features that decide how fast training runs on a CPU.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_model() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name and which of ``CPU_FLAGS`` it has (Linux; elsewhere the platform's)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), ()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return name, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            name = value.strip()
+        elif key.strip() == "flags":
+            have = set(value.split())
+            flags = tuple(f for f in CPU_FLAGS if f in have)
+            break
+    return name, flags
+
+
+def hardware_description(device: torch.device) -> str:
+    """The hardware a step runs on: the GPU's name, or the CPU's model and its vector flags."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    if device.type == "cpu":
+        name, flags = cpu_model()
+        # torch's kernels can be held below what the CPU offers (ATEN_CPU_CAPABILITY).
+        kernels = torch.backends.cpu.get_cpu_capability()
+        return f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {kernels})"
+    return device.type
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so a clock read afterwards means something."""
     if device.type == "cuda":

@@ -57,6 +57,21 @@ def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, json.dumps(obj) if not isinstance(obj, str) else obj))
 
 
+PLAN_KEYS = ("precision", "requested", "plain", "channels_last", "fused_adam", "cuda_graph")
+PLAN_KEYS += ("device", "hardware", "bf16", "threads")
+
+
+def _plan_rows(plan: Any) -> list[tuple[str, str]]:
+    """How the run's training step was computed (config.json's "plan"), key by key."""
+    if not isinstance(plan, dict):
+        return []
+    rows: list[tuple[str, str]] = []
+    for key in PLAN_KEYS:
+        if key in plan:
+            _flatten(key, plan[key], rows)
+    return rows
+
+
 def build_report(
     run: str | os.PathLike[str],
     *,
@@ -158,6 +173,7 @@ def build_report(
             figure_png(insp.plot_filters(insp.filters(model, "conv1"), "conv1")), "filters"
         ),
         settings=settings,
+        plan=_plan_rows(config.get("plan") if isinstance(config, dict) else None),
     )
 
 
