@@ -179,10 +179,17 @@ class FastCNN(nn.Module):
             x = x.unsqueeze(1)
         acts: dict[str, torch.Tensor] = {}
         # Pooling before batch norm and ReLU: the per-element work runs on a quarter of the
-        # values. "conv1"/"conv2" are therefore the raw convolution outputs (before BN, ReLU).
-        h = acts["conv1"] = self.conv1(x)  # (N, c1, 28, 28)
+        # values. The raw convolution outputs are signed and unnormalised, so "conv1"/"conv2"
+        # are reported as what the next stage reads: the maps through the same batch norm and
+        # ReLU, at full resolution (computed only when asked for). Max-pooling them gives
+        # exactly "pool1"/"pool2" in every channel whose batch-norm scale is positive.
+        h = self.conv1(x)  # (N, c1, 28, 28)
+        if return_activations:
+            acts["conv1"] = F.relu(self.bn1(h))
         h = acts["pool1"] = F.relu(self.bn1(F.max_pool2d(h, 2)))  # (N, c1, 14, 14)
-        h = acts["conv2"] = self.conv2(h)  # (N, c2, 14, 14)
+        h = self.conv2(h)  # (N, c2, 14, 14)
+        if return_activations:
+            acts["conv2"] = F.relu(self.bn2(h))
         h = acts["pool2"] = F.relu(self.bn2(F.max_pool2d(h, 2)))  # (N, c2, 7, 7)
         h = acts["fc1"] = F.relu(self.bn3(self.fc1(h.flatten(1))))  # (N, hidden)
         h = F.dropout(h, self.config.dropout, self.training)

@@ -21,6 +21,7 @@ from .datasets import load_dataset
 from .device import device_description, select_device
 from .errors import CheckpointError
 from .evaluate import run_dataset_name
+from .explain import mistake_explanations as explain_mistakes
 from .fileio import atomic_write_bytes
 from .plotting import figure_png
 from .templates import environment
@@ -160,6 +161,12 @@ def build_report(
         mistakes_picture=_img(
             figure_png(insp.plot_mistakes(worst, test.images.numpy(), classes)), "mistakes"
         ),
+        # What made it say that: the wrong answer's evidence beside the true class's.
+        mistakes_why=_img(
+            figure_png(explain_mistakes(model, test.images.numpy(), worst, classes)), "why"
+        )
+        if worst
+        else None,
         feature_classes=[classes[c] for c in wanted],
         feature_maps=feature_maps,
         filters=_img(

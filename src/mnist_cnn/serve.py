@@ -46,8 +46,10 @@ from torch import nn
 from .checkpoint import RESULTS_FILE, load_model, model_file
 from .datasets import IMAGE_SIZE, dataset_info, load_dataset
 from .device import device_description, select_device
+from .digitness import DigitScorer, optional_scorer
 from .errors import ConfigError, MnistCnnError
 from .evaluate import run_dataset_name
+from .explain import explain as explain_images
 from .preprocess import ImageError, load_image, preprocess_image
 
 log = logging.getLogger(__name__)
@@ -213,14 +215,23 @@ def _validation_summary(errors: Sequence[Any]) -> str:
 class Predictor:
     """Runs one network on a single worker thread: one image at a time, off the event loop."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, scorer: DigitScorer | None = None
+    ) -> None:
         self.model = model
         self.device = device
+        self.scorer = scorer
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
-    def predict(self, image: np.ndarray, activations: bool = False) -> dict[str, Any]:
-        """The network's answer for one 28×28 uint8 image (white ink on black); blocking."""
+    def predict(
+        self, image: np.ndarray, activations: bool = False, explain: bool = False
+    ) -> dict[str, Any]:
+        """The network's answer for one 28×28 uint8 image (white ink on black); blocking.
+
+        ``explain``: also the integrated-gradients attribution of the predicted class (one
+        image, ``IG_STEPS`` network inputs in one pass: bounded memory).
+        """
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).to(self.device)
         x = x.to(torch.float32).div_(255).view(1, 1, IMAGE_SIZE, IMAGE_SIZE)
         with torch.inference_mode():
@@ -234,16 +245,25 @@ class Predictor:
         }
         if maps is not None:
             result["activations"] = {name: encode_maps(m) for name, m in maps.items()}
+        if self.scorer is not None:
+            score = float(self.scorer.scores(self.model, image[None])[0])
+            result["digit_score"] = float(f"{score:.6g}")
+            result["not_a_digit"] = bool(score < self.scorer.threshold)
+        if explain:
+            e = explain_images(self.model, image[None], "integrated-gradients")
+            result["attribution"] = encode_maps(torch.from_numpy(e.attributions))
         return result
 
-    async def predict_async(self, image: np.ndarray, activations: bool = False) -> dict[str, Any]:
+    async def predict_async(
+        self, image: np.ndarray, activations: bool = False, explain: bool = False
+    ) -> dict[str, Any]:
         """:meth:`predict` on the worker thread, awaited without blocking the event loop."""
         with self._executor_lock:
             if self._executor is None:  # first use, or used again after close()
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="mnist-cnn-model")
             executor = self._executor
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self.predict, image, activations)
+        return await loop.run_in_executor(executor, self.predict, image, activations, explain)
 
     def close(self) -> None:
         """Stop the worker thread (after the request it is running, if any)."""
@@ -387,6 +407,19 @@ class Prediction(BaseModel):
     activations: dict[str, EncodedMaps] | None = Field(
         None, description="conv1 (32×28×28) and conv2 (64×14×14), when asked for"
     )
+    digit_score: float | None = Field(
+        None, description="how digit-like the input is (higher: more; see not_a_digit)"
+    )
+    not_a_digit: bool | None = Field(
+        None,
+        description="true: not sure this is a digit (the score is below the run's "
+        "threshold, which flags about 1.5% of real validation digits)",
+    )
+    attribution: EncodedMaps | None = Field(
+        None,
+        description="what made it say this, when asked for (explain=true): integrated "
+        "gradients of the predicted class, 1×28×28, signed (positive: evidence for it)",
+    )
 
 
 class LabelledPrediction(Prediction):
@@ -413,6 +446,7 @@ class ArrayRequest(BaseModel):
         "preprocessing; otherwise false)",
     )
     activations: bool = Field(False, description="also return conv1 and conv2 feature maps")
+    explain: bool = Field(False, description="also return the attribution of the prediction")
 
 
 @dataclass(frozen=True)
@@ -450,6 +484,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     test_digits: DigitSet | None = None,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    digit_check: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving the draw-a-digit page and the JSON API for RUN.
 
@@ -457,7 +492,8 @@ def create_app(
     Test digits come from the run's dataset in ``data_dir`` (or ``test_digits``); without them
     the page still works and only the random-test-digit button is unavailable. Requests whose
     Host header names none of ``allowed_hosts`` get 400 (a web page elsewhere cannot reach the
-    server through DNS rebinding); ``"*"`` allows any.
+    server through DNS rebinding); ``"*"`` allows any. ``digit_check``: answer ``not_a_digit``
+    too (the run's stored check, calibrated on its dataset on first use).
     """
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
@@ -471,7 +507,11 @@ def create_app(
         classes = [str(i) for i in range(10)]
     if test_digits is None:
         test_digits = _load_test_digits(dataset, data_dir)
-    predictor = Predictor(model, torch_device)
+    # The not-a-digit check (calibrated on the run's dataset on first use; see digitness.py).
+    scorer = (
+        optional_scorer(path, model, data_dir=data_dir, dataset=dataset) if digit_check else None
+    )
+    predictor = Predictor(model, torch_device, scorer)
     rng = np.random.default_rng()
     rng_lock = threading.Lock()
     # Bounds the memory of decoding: each slot holds at most one body's decoded picture or
@@ -496,6 +536,7 @@ def create_app(
         "device": device_description(torch_device),
         "test_digits": 0 if test_digits is None else int(len(test_digits.labels)),
         "max_body_bytes": max_body_bytes,
+        "digit_check": scorer is not None,
     }
 
     @contextlib.asynccontextmanager
@@ -596,6 +637,7 @@ def create_app(
         invert: bool | None = Query(
             None, description="ink is dark on light (default: decide from the border)"
         ),
+        explain: bool = Query(False, description="also return what made it say this"),
     ) -> Any:
         data = await _image_bytes(request)
         async with decode_slot():
@@ -609,7 +651,7 @@ def create_app(
             except ImageError as err:
                 raise HTTPException(422, str(err)) from None
             del picture
-        return await predictor.predict_async(image, activations)
+        return await predictor.predict_async(image, activations, explain)
 
     @app.post(
         "/api/predict/array",
@@ -638,7 +680,7 @@ def create_app(
             except ImageError as err:
                 raise HTTPException(422, cut_message(str(err))) from None
             del values
-        return await predictor.predict_async(image, body.activations)
+        return await predictor.predict_async(image, body.activations, body.explain)
 
     @app.get(
         "/api/random-test-digit",
@@ -653,6 +695,7 @@ def create_app(
     async def api_random_test_digit(
         activations: bool = Query(False, description="also return conv1 and conv2 feature maps"),
         index: int | None = Query(None, description="a given test digit instead of a random one"),
+        explain: bool = Query(False, description="also return what made it say this"),
     ) -> Any:
         if test_digits is None:
             raise HTTPException(
@@ -666,7 +709,7 @@ def create_app(
                 index = int(rng.integers(n))
         elif not 0 <= index < n:
             raise HTTPException(422, f"index must lie in 0–{n - 1}, got {index}")
-        result = await predictor.predict_async(test_digits.images[index], activations)
+        result = await predictor.predict_async(test_digits.images[index], activations, explain)
         label = int(test_digits.labels[index])
         return {**result, "index": index, "label": label, "correct": result["prediction"] == label}
 
