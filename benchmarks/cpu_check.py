@@ -1,7 +1,7 @@
 """The CPU targets in one run: the fast path against the plain loop, at the precision ``auto``
 picks here and in fp32, side by side, with each step's share of this machine's matmul rate.
 
-    PYTHONPATH=src python benchmarks/cpu_check.py [--steps 300] [--out cpu_check.json]
+    .venv/bin/python benchmarks/cpu_check.py [--steps 300] [--out cpu_check.json]
 
 Targets (docs/speed.md): on a CPU with native bf16 the fast path ≥ 3× the plain loop; in fp32
 the fast step ≥ 85% of the machine's fp32 matrix-multiply rate. Each ``bench`` first checks that

@@ -6,7 +6,7 @@ symbols, scribbles, shapes, paper; drawings and photos; those refused as blank c
 and, with ``--ood``, another dataset's test split, with AUROCs. The score and threshold are the
 run's own (``RUN/digitness.safetensors``, calibrated on first use).
 
-    PYTHONPATH=src python benchmarks/digitness.py RUN [-n 300] \
+    .venv/bin/python benchmarks/digitness.py RUN [-n 300] \
         [--ood fashion-mnist --ood-data-dir /usr/share/datasets]
 """
 

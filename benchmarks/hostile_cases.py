@@ -6,7 +6,7 @@ whether anything other than one line reached stderr (a traceback), and how long 
 60 s alarm stands for a hang). Exit status 1 when any case breaks the promise: one line on
 stderr, a non-zero status, no traceback, nothing written.
 
-    PYTHONPATH=src python benchmarks/hostile_cases.py [--markdown]
+    .venv/bin/python benchmarks/hostile_cases.py [--markdown]
 
 The server's cases are measured by benchmarks/serve_memory.py.
 """
