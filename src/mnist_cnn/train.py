@@ -320,6 +320,7 @@ def resume(
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"{run_dir}: no such run folder")
+    _resume_config(run, steps, data_dir)  # a finished run is refused before the lock is taken
     with _locked(run, par):
         saved, config = _resume_config(run, steps, data_dir)
         return _run(config, run, saved=saved, on_log=on_log, progress=progress, data=data)
@@ -376,8 +377,6 @@ def _resume_config(
         config = dataclasses.replace(config, steps=steps)
     if data_dir is not None:
         config = dataclasses.replace(config, data_dir=str(data_dir))
-    if state is RunState.STARTED:
-        log.warning("%s has no checkpoint yet: starting it again at step 0", run)
     return saved, config
 
 
@@ -487,7 +486,9 @@ def _run(
     model = prepare_model(build_model(config.model), device, fast=config.fast)
     optimizer = make_optimizer(model, config)
     start = Tally()
-    if saved is not None and run.file(CHECKPOINT_FILE).exists():
+    if saved is not None and not run.file(CHECKPOINT_FILE).exists():
+        log.warning("%s has no checkpoint yet: starting it again at step 0", run)
+    elif saved is not None:
         meta = load_training_state(run.path, model, optimizer)
         start = Tally.from_meta(meta, run.file(CHECKPOINT_FILE), config)
         log.info("resuming %s at step %d", run, start.step)
