@@ -59,14 +59,17 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta_raw = header.get("__metadata__") or {}
     if meta_raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnist-cnn checkpoint (no mnist-cnn metadata)")
-    if int(meta_raw.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: written by a newer mnist-cnn (format {meta_raw['version']}); upgrade"
-        )
+    version = meta_raw.get("version", "0")
+    if not (version.isdigit() and len(version) < 6):
+        raise CheckpointError(f"{path}: damaged metadata (format version {version[:20]!r})")
+    if int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer mnist-cnn (format {version}); upgrade")
     try:
         meta = json.loads(meta_raw["meta"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: damaged metadata") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: damaged metadata (not a JSON object)")
     return tensors, meta
 
 
@@ -251,7 +254,17 @@ def _check_optimizer(
             raise CheckpointError(f"{bad} ({name[:60]} has shape {tuple(value.shape)})")
         if not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{bad} ({name[:60]} holds NaN or infinite values)")
-    return _unflatten_optimizer(tensors, meta)
+    state = _unflatten_optimizer(tensors, meta)
+    # Adam keeps the same entries for every parameter, or none before its first step.
+    keys = {"step", "exp_avg", "exp_avg_sq"}
+    if any(g.get("amsgrad") for g in live["param_groups"]):
+        keys.add("max_exp_avg_sq")
+    complete = set(state["state"]) == set(shapes) and all(
+        set(v) == keys for v in state["state"].values()
+    )
+    if state["state"] and isinstance(optimizer, torch.optim.Adam) and not complete:
+        raise CheckpointError(f"{bad} (Adam state incomplete)")
+    return state
 
 
 def load_training_state(

@@ -446,6 +446,19 @@ class Tally:
         return cls(step, float(seconds), float(loss_sum), loss_count)
 
 
+def restore(
+    run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> Tally:
+    """Load the run's checkpoint into ``model`` and ``optimizer``; where training stands."""
+    if not run.file(CHECKPOINT_FILE).exists():
+        log.warning("%s has no checkpoint yet: starting it again at step 0", run)
+        return Tally()
+    meta = load_training_state(run.path, model, optimizer)
+    start = Tally.from_meta(meta, run.file(CHECKPOINT_FILE), config)
+    log.info("resuming %s at step %d", run, start.step)
+    return start
+
+
 def _check_same_data(saved: dict[str, Any], data: MNISTLike, run: RunDir) -> None:
     """A resumed run sees the data it started with (same split sizes), wherever they live now."""
     before = saved.get("dataset") or {}
@@ -485,13 +498,7 @@ def _run(
     torch.manual_seed(config.seed)
     model = prepare_model(build_model(config.model), device, fast=config.fast)
     optimizer = make_optimizer(model, config)
-    start = Tally()
-    if saved is not None and not run.file(CHECKPOINT_FILE).exists():
-        log.warning("%s has no checkpoint yet: starting it again at step 0", run)
-    elif saved is not None:
-        meta = load_training_state(run.path, model, optimizer)
-        start = Tally.from_meta(meta, run.file(CHECKPOINT_FILE), config)
-        log.info("resuming %s at step %d", run, start.step)
+    start = restore(run, model, optimizer, config) if saved is not None else Tally()
     if par.is_main:
         _prepare_files(run, config, saved, start, model, data, device, par)
 
