@@ -309,7 +309,7 @@ def test_metrics_garbage_lines_are_skipped_naming_the_line(tmp_path, reference, 
     with caplog.at_level(logging.WARNING):
         records = RunDir(run).read_metrics()
     assert [r["step"] for r in records] == [0, 2, 4, 6]
-    assert "skipped line(s) 5, 6, 7, 8, 9, ..." in caplog.text
+    assert "skipped line(s) 5, 6, 7, 8, 9 (line 5: not a JSON object)" in caplog.text
 
 
 def test_results_json_with_a_wrong_type_is_refused_naming_it(tmp_path, reference):

@@ -140,7 +140,7 @@ def check_results(data: Any, path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a JSON object")
     if not _is_int(data.get("step")):
         raise CheckpointError(f"{path}: step must be a whole number, got {short(data.get('step'))}")
-    if not _is_number(data.get("train_seconds"), 0):
+    if "train_seconds" in data and not _is_number(data["train_seconds"], 0):
         raise CheckpointError(
             f"{path}: train_seconds must be a number >= 0, got {short(data.get('train_seconds'))}"
         )
@@ -313,7 +313,10 @@ class RunDir:
         except OSError as err:
             raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
         records, bad = [], []
-        for number, line in enumerate(raw.splitlines(), 1):
+        lines = raw.splitlines()
+        if lines and not raw.endswith(b"\n"):
+            lines.pop()  # a record being written right now (or torn by a kill): not yet one
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
