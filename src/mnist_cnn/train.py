@@ -78,9 +78,9 @@ class TrainConfig:
             if not 1 <= getattr(self, name) <= MAX_COUNT:
                 raise ConfigError(f"{name.replace('_', '-')} must lie in 1..{MAX_COUNT:,}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+            raise ConfigError(f"lr must be a positive finite number, got {short(self.lr)}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must lie in 0..{MAX_SEED} (2^32 - 1), got {self.seed}")
+            raise ConfigError(f"seed must lie in 0..{MAX_SEED} (2^32 - 1), got {short(self.seed)}")
         if not 0 <= self.model.dropout < 1:
             raise ConfigError("dropout must lie in [0, 1)")
         if self.precision not in PRECISIONS:
