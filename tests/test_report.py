@@ -41,3 +41,35 @@ def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, t
     config = json.loads((trained_run / "config.json").read_text())
     assert f'<td class="k">train.lr</td><td class="v">{config["train"]["lr"]}</td>' in text
     assert "most confident mistakes" in text
+
+
+def test_report_escapes_what_it_reads_from_the_run(tmp_path: Path, monkeypatch) -> None:
+    """Every value from the run's files is text in the page, never markup (Jinja2 autoescape)."""
+    from mnist_cnn import report
+    from mnist_cnn.checkpoint import save_model
+    from mnist_cnn.model import build_model
+    from mnist_cnn.report import build_report
+
+    from .idx_util import write_dataset
+
+    # Drawing the six pictures is most of a report's cost and not what this test is about.
+    for name in ("training_curves", "confusion", "mistakes", "feature_maps", "filters"):
+        monkeypatch.setattr(report.insp, f"plot_{name}", lambda *a, **k: None)
+    monkeypatch.setattr(report, "figure_png", lambda fig: b"picture")
+
+    write_dataset(tmp_path / "data" / "mnist", n_train=5_010, n_test=60)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(run / "model.safetensors", build_model(), {"step": 3})
+    attack = "<script>alert(1)</script>"
+    config = {"train": {"dataset": "mnist", "lr": 1e-4}, "environment": {"device": attack}}
+    (run / "config.json").write_text(json.dumps(config))
+    record = {"step": 0, "loss": None, "train_accuracy": 0.1, "val_accuracy": 0.1, "seconds": 0}
+    (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    # A wrong type in results.json is left out: neither shown nor a crash.
+    (run / "results.json").write_text(json.dumps({"test": {"accuracy": attack}}))
+    text = build_report(run, data_dir=tmp_path / "data", device="cpu")
+    assert "<script" not in text.lower()
+    assert '<td class="v">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in text
+    assert "written when training ended" not in text
+    assert text.count('src="data:image/png;base64,cGljdHVyZQ=="') == 6  # every picture slot

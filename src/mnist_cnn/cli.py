@@ -307,20 +307,48 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _setup_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a run's network to ONNX (dynamic batch), checked with onnxruntime",
+        help="export a run's network to ONNX (-o), or as a static draw-a-digit page (--web)",
         description="Write the network as ONNX: input 'images' float32 (batch, 1, 28, 28) in "
-        "[0, 1], output 'logits' (batch, 10). Needs: pip install 'mnist-cnn[onnx]'.",
+        "[0, 1], output 'logits' (batch, 10). Needs: pip install 'mnist-cnn[onnx]'. "
+        "Or, with --web DIR, the draw-a-digit page as a folder that runs the network in the "
+        "browser: open DIR/index.html from disk or put DIR on any static host.",
     )
     p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
-    p.add_argument("-o", "--out", metavar="FILE", required=True, help="the .onnx file to write")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--out", metavar="FILE", help="the .onnx file to write")
+    target.add_argument("--web", metavar="DIR", help="the folder to write the static page into")
     p.add_argument(
         "--opset", type=_positive_int, help="ONNX opset version (default: the exporter's)"
+    )
+    p.add_argument(
+        "--weights",
+        choices=("auto", "fp32", "fp16"),
+        default="auto",
+        help="--web: how the page stores the weights (default auto: fp32 if the folder stays "
+        "under 10 MB, else fp16)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="--web: data root holding the run's dataset, for the page's test digits "
+        "(default: $MNIST_CNN_DATA, else ~/.cache/mnist-cnn)",
     )
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import CHECK_TOLERANCE, export_onnx
+
+    if args.web is not None:
+        from .export_web import export_web
+
+        done = export_web(args.run, args.web, weights=args.weights, data_dir=args.data_dir)
+        digits = f", {done.test_digits} test digits" if done.test_digits else ", no test digits"
+        print(
+            f"wrote {done.path}: {done.bytes / 1e6:.1f} MB ({done.parameters:,} parameters as "
+            f"{done.dtype}{digits}); open {done.path / 'index.html'} in a browser"
+        )
+        return 0
 
     path = export_onnx(args.run, args.out, opset=args.opset)
     print(f"wrote {path}: onnxruntime matches PyTorch within {CHECK_TOLERANCE:g}")
@@ -541,6 +569,27 @@ def _cmd_filters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "card",
+        help="a model card for a run (RUN/README.md, as model hubs show it)",
+        description="Write the run's model card: Hugging Face-style YAML front matter (license, "
+        "datasets, tags, test accuracy), the network, the command that reproduces it, where "
+        "it trained, per-class accuracy, limitations and how to load it. Training writes it "
+        "too, when it ends.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("-o", "--out", metavar="FILE", help="output (default: RUN/README.md)")
+    p.set_defaults(func=_cmd_card)
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from .card import write_card
+
+    print(f"wrote {write_card(args.run, args.out)}")
+    return 0
+
+
 def _setup_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
@@ -645,6 +694,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_filters,
     _setup_plot,
     _setup_report,
+    _setup_card,
     _setup_predict,
 ]
 

@@ -11,8 +11,10 @@ import gzip
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,6 +228,10 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path
 
 
 def _load_pair(folder: Path, kind: str, name: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    if any(find_file(folder, FILES[f"{kind}-{part}"]) is None for part in ("images", "labels")):
+        found = load_from_other_tools(name, folder.parent, kind)  # torchvision's, Keras' copy
+        if found is not None:
+            return found
     paths = []
     for part in ("images", "labels"):
         raw_name = FILES[f"{kind}-{part}"]
@@ -339,3 +345,156 @@ def as_flat(split: Split) -> tuple[np.ndarray, np.ndarray]:
 def as_keras(split: Split) -> tuple[np.ndarray, np.ndarray]:
     """The seed's Keras route: (N, 28, 28) uint8 and (N,) integer labels."""
     return split.images.numpy(), split.labels.numpy()
+
+
+def load_test_split(
+    name: str = "mnist", data_dir: str | os.PathLike[str] | None = None, *, download: bool = True
+) -> Split:
+    """Only the test split (10,000 images): half a second where the whole dataset takes more."""
+    images, labels = _load_pair(dataset_dir(name, data_dir), "test", name, download)
+    return Split("test", torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+
+
+# --------------------------------------------------------------------------- other tools' copies
+
+# Where torchvision (``<root>/<Class>/raw/``) and Keras (``~/.keras/datasets/``) keep a dataset.
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+KERAS_NPZ = {"mnist": "mnist.npz"}  # Keras keeps MNIST as one .npz of four arrays
+KERAS_FOLDERS = {"fashion-mnist": "fashion-mnist"}  # ... and Fashion-MNIST as the four .gz files
+_IDX_LAYOUT = {"images": (0x03, (IMAGE_SIZE, IMAGE_SIZE)), "labels": (0x01, ())}
+
+
+def keras_datasets_dir() -> Path:
+    """Keras' download folder: ``$KERAS_HOME/datasets``, else ``~/.keras/datasets``."""
+    home = os.environ.get("KERAS_HOME")
+    return (Path(home) if home else Path.home() / ".keras").expanduser() / "datasets"
+
+
+def _idx_sha256(array: np.ndarray, part: str) -> str:
+    """SHA-256 of the IDX file an array came from (header + bytes), as the checksums are kept."""
+    import hashlib
+
+    code, _ = _IDX_LAYOUT[part]
+    header = bytes([0, 0, 0x08, code]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    digest = hashlib.sha256(header)
+    digest.update(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def _verified(name: str, kind: str, images: np.ndarray, labels: np.ndarray, source: str) -> bool:
+    """Whether arrays found elsewhere are this dataset's: shape, dtype and the IDX checksums."""
+    try:
+        _check_pair(images, labels, Path(source), Path(source))
+    except DataError as err:
+        log.warning("not using %s: %s", source, err)
+        return False
+    sums = dataset_info(name).sha256
+    for part, array in (("images", images), ("labels", labels)):
+        expected = sums[FILES[f"{kind}-{part}"]]
+        if expected is not None and _idx_sha256(array, part) != expected:
+            log.warning("not using %s: its %s %s differ from %s's", source, kind, part, name)
+            return False
+    return True
+
+
+def _from_idx_folder(name: str, kind: str, folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    paths = [find_file(folder, FILES[f"{kind}-{part}"]) for part in ("images", "labels")]
+    if None in paths:
+        return None
+    try:
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+    except DataError as err:
+        log.warning("not using %s: %s", folder, err)
+        return None
+    return (images, labels) if _verified(name, kind, images, labels, str(folder)) else None
+
+
+def _from_keras_npz(name: str, kind: str, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    keys = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}[kind]
+    try:
+        # allow_pickle=False: an .npz holding Python objects is refused, never unpickled.
+        with np.load(path, allow_pickle=False) as npz:
+            if not set(keys) <= set(npz.files):
+                log.warning("not using %s: it has no %s", path, " and ".join(keys))
+                return None
+            images, labels = npz[keys[0]], npz[keys[1]]
+    except (OSError, ValueError, zlib.error) as err:
+        log.warning("not using %s: not a readable .npz of arrays (%s)", path, err)
+        return None
+    return (images, labels) if _verified(name, kind, images, labels, str(path)) else None
+
+
+def load_from_other_tools(
+    name: str, data_root: str | os.PathLike[str], kind: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A split's (images, labels) from where torchvision or Keras put the dataset, or None.
+
+    Tried in order: ``<data_root>/<MNIST|FashionMNIST|KMNIST>/raw/`` (torchvision), then Keras'
+    ``mnist.npz`` or ``fashion-mnist/`` folder. A copy is used only if it has the right shapes
+    and dtypes and, where checksums are published, the same SHA-256 as the original IDX files
+    (for an .npz: of the IDX bytes its arrays stand for); otherwise it is skipped with a warning.
+    """
+    tv = TORCHVISION_FOLDERS.get(name)
+    if tv is not None:
+        found = _from_idx_folder(name, kind, Path(data_root) / tv / "raw")
+        if found is not None:
+            log.info("reading %s %s from torchvision's copy in %s", name, kind, data_root)
+            return found
+    keras = keras_datasets_dir()
+    if name in KERAS_NPZ:
+        found = _from_keras_npz(name, kind, keras / KERAS_NPZ[name])
+        if found is not None:
+            log.info("reading %s %s from Keras' %s", name, kind, keras / KERAS_NPZ[name])
+            return found
+    if name in KERAS_FOLDERS:
+        found = _from_idx_folder(name, kind, keras / KERAS_FOLDERS[name])
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------- torch Datasets
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """One split as a standard ``torch.utils.data.Dataset`` for your own training loop.
+
+    Item ``i`` is ``(image, label)``: float32 (1, 28, 28) in [0, 1] and an int, as the network
+    takes them; ``transform`` / ``target_transform`` are applied to each when given.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.split = split
+        self.transform = transform
+        self.target_transform = target_transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image = to_float(self.split.images[index]).unsqueeze(0)
+        label: Any = int(self.split.labels[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label
+
+
+def torch_datasets(
+    name: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    full_train: bool = False,
+    download: bool = True,
+) -> dict[str, SplitDataset]:
+    """``{"train", "val", "test"}`` -> :class:`SplitDataset`, split as :func:`load_dataset` does."""
+    data = load_dataset(name, data_dir, full_train=full_train, download=download)
+    return {split: SplitDataset(data.split(split)) for split in SPLITS}

@@ -7,13 +7,13 @@ any browser with no server and no network, and can be mailed or archived as it i
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
 from . import inspect as insp
 from .checkpoint import load_model
@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 from .plotting import figure_png
 from .rundir import RunDir, run_classes
+from .templates import environment
 
 REPORT_FILE = "report.html"
 FEATURE_CLASSES = (6, 9)  # the seed compared a 6 with a 9
@@ -43,9 +44,8 @@ img { max-width: 100%; height: auto; display: block; margin: .5em 0; }
 """
 
 
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _img(png: bytes, alt: str) -> dict[str, str]:
+    return {"alt": alt, "data": base64.b64encode(png).decode("ascii")}
 
 
 def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
@@ -56,33 +56,6 @@ def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, json.dumps(obj) if not isinstance(obj, str) else obj))
 
 
-def _kv_table(obj: dict[str, Any]) -> str:
-    rows: list[tuple[str, str]] = []
-    _flatten("", obj, rows)
-    body = "".join(
-        f'<tr><td class="k">{html.escape(k)}</td><td class="v">{html.escape(v)}</td></tr>'
-        for k, v in rows
-    )
-    return f"<table><tr><th>setting</th><th>value</th></tr>{body}</table>"
-
-
-def _confusion_table(confusion: np.ndarray, classes: tuple[str, ...]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
-    rows = []
-    for t, row in enumerate(confusion):
-        cells = "".join(
-            f'<td class="diag">{v}</td>' if p == t else f"<td>{v if v else ''}</td>"
-            for p, v in enumerate(row.tolist())
-        )
-        n = int(row.sum())
-        acc = f"{row[t] / n:.4f}" if n else "n/a"
-        rows.append(f"<tr><th>{html.escape(classes[t])}</th>{cells}<td>{n}</td><td>{acc}</td></tr>")
-    return (
-        "<table><tr><th>true \\ predicted</th>"
-        f"{head}<th>images</th><th>accuracy</th></tr>{''.join(rows)}</table>"
-    )
-
-
 def build_report(
     run: str | os.PathLike[str],
     *,
@@ -90,7 +63,11 @@ def build_report(
     device: str = "auto",
     mistakes: int = 24,
 ) -> str:
-    """The report of a run as one HTML string (evaluates the model on the test split)."""
+    """The report of a run as one HTML string (evaluates the model on the test split).
+
+    Rendered from ``templates/report.html.j2`` with autoescaping: every value read from the
+    run's files is escaped; only the style sheet and the pictures' base64 are inserted as is.
+    """
     run_dir = Path(run)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run}: not a run folder")
@@ -113,84 +90,64 @@ def build_report(
     accuracy = float((pred == labels).mean())
     worst = insp.confident_mistakes(probs, labels, k=mistakes)
 
-    parts: list[str] = []
-    add = parts.append
-    step = meta.get("step", results.get("step") if results else None)
-    add(f"<h1>mnist-cnn report: {html.escape(run_dir.name)}</h1>")
-    add(
-        f'<p class="sub">{html.escape(str(run_dir.resolve()))} · {html.escape(name)} · '
-        f"model after {step if step is not None else '?'} steps · evaluated on "
-        f"{html.escape(device_description(dev))}</p>"
-    )
-
-    add("<h2>Test accuracy</h2>")
-    add(
-        f'<p class="big">{accuracy:.4f} ({int(np.trace(confusion))}/{len(labels)} test images '
-        f"right, error {100 * (1 - accuracy):.2f}%)</p>"
-    )
-    if results is not None and "test" in results:
-        add(
-            f'<p class="note">results.json, written when training ended: accuracy '
-            f"{results['test']['accuracy']:.4f}</p>"
-        )
-
-    add("<h2>Training curves</h2>")
     try:
         records = folder.read_metrics()
     except CheckpointError:
         records = []
+    curves = None
     if records:
         fig = insp.plot_training_curves(records, title=insp.run_curves_title(run_dir, records))
-        add(_img(figure_png(fig), "training curves"))
-    else:
-        add('<p class="note">no metrics.jsonl records in this run folder.</p>')
+        curves = _img(figure_png(fig), "training curves")
 
-    add("<h2>Per-class accuracy and confusion matrix</h2>")
-    add("<p>Rows are the true class, columns the prediction; the diagonal is right.</p>")
-    add(_confusion_table(confusion, classes))
-    add(_img(figure_png(insp.plot_confusion(confusion, classes)), "confusion matrix"))
+    recorded = None
+    if isinstance(results, dict) and isinstance(results.get("test"), dict):
+        value = results["test"].get("accuracy")
+        recorded = float(value) if isinstance(value, (int, float)) else None
 
-    add(f"<h2>The {len(worst)} most confident mistakes</h2>")
-    add(
-        "<p>Test images the network got wrong, ordered by how sure it was of its wrong answer. "
-        "Title: true → predicted (probability), test index.</p>"
-    )
-    add(_img(figure_png(insp.plot_mistakes(worst, test.images.numpy(), classes)), "mistakes"))
-    rows = "".join(
-        f"<tr><td>{m.index}</td><td>{html.escape(classes[m.label])}</td>"
-        f"<td>{html.escape(classes[m.predicted])}</td><td>{m.probability:.4f}</td></tr>"
-        for m in worst
-    )
-    add(
-        "<table><tr><th>test index</th><th>true</th><th>predicted</th><th>probability</th></tr>"
-        f"{rows}</table>"
-    )
-
-    add("<h2>Feature maps</h2>")
     wanted = [c for c in FEATURE_CLASSES if c < len(classes)]
-    idx = insp.first_of_each(test, wanted)
-    digits = insp.split_digits(test, idx)
-    add(
-        "<p>The first test images of classes "
-        + " and ".join(html.escape(classes[c]) for c in wanted)
-        + ". Black is zero; each map is scaled to its own maximum.</p>"
-    )
+    digits = insp.split_digits(test, insp.first_of_each(test, wanted))
+    feature_maps = []
     for layer in ("conv1", "conv2"):
         fm = insp.feature_maps(model, digits, layer)
-        add(f"<h3>{layer}</h3>")
-        add(_img(figure_png(insp.plot_feature_maps(fm, classes=classes)), f"{layer} maps"))
+        feature_maps.append(
+            (layer, _img(figure_png(insp.plot_feature_maps(fm, classes=classes)), f"{layer} maps"))
+        )
 
-    add("<h2>Learned conv1 filters</h2>")
-    add(_img(figure_png(insp.plot_filters(insp.filters(model, "conv1"), "conv1")), "filters"))
-
-    add("<h2>Configuration</h2>")
-    add(_kv_table(config))
-
-    body = "\n".join(parts)
-    title = html.escape(f"mnist-cnn report: {run_dir.name}")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    settings: list[tuple[str, str]] = []
+    _flatten("", config, settings)
+    rows = []
+    for t, row in enumerate(confusion):
+        n = int(row.sum())
+        rows.append(
+            {"cells": row.tolist(), "true": t, "n": n, "accuracy": row[t] / n if n else None}
+        )
+    step = meta.get("step", results.get("step") if isinstance(results, dict) else None)
+    template = environment().get_template("report.html.j2")
+    return template.render(
+        css=Markup(_CSS),
+        name=run_dir.name,
+        path=str(run_dir.resolve()),
+        dataset=name,
+        step=step,
+        device=device_description(dev),
+        accuracy=accuracy,
+        correct=int(np.trace(confusion)),
+        total=len(labels),
+        recorded_accuracy=recorded,
+        curves=curves,
+        classes=classes,
+        confusion=rows,
+        confusion_picture=_img(figure_png(insp.plot_confusion(confusion, classes)), "confusion"),
+        mistakes=worst,
+        mistakes_picture=_img(
+            figure_png(insp.plot_mistakes(worst, test.images.numpy(), classes)), "mistakes"
+        ),
+        feature_classes=[classes[c] for c in wanted],
+        feature_maps=feature_maps,
+        filters=_img(
+            figure_png(insp.plot_filters(insp.filters(model, "conv1"), "conv1")), "filters"
+        ),
+        settings=settings,
     )
 
 

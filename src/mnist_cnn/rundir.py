@@ -6,7 +6,7 @@ A run folder holds
 - ``checkpoint.safetensors`` and ``model.safetensors``: the training state and the weights
   (file formats in checkpoint.py);
 - ``results.json``: the test result, written when training ends;
-- ``curves.png`` and optionally ``tensorboard/``;
+- ``curves.png``, ``README.md`` (the model card) and optionally ``tensorboard/``;
 - ``.lock``: held (``flock``) by the one training process that writes the folder.
 
 Its state follows from which files exist: new (nothing of ours), started (config, no
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT_FILE, MODEL_FILE
+from .checkpoint import CHECKPOINT_FILE
 from .errors import CheckpointError, ConfigError, MnistCnnError
 from .fileio import atomic_write_bytes, atomic_write_json, storage_error
 
@@ -45,11 +45,11 @@ RESULTS_FILE = "results.json"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, CHECKPOINT_FILE, MODEL_FILE, CURVES_FILE)
+CARD_FILE = "README.md"  # the model card (card.py)
 # fileio.atomic_path's temp names: ".<stem>.<random>.tmp<suffix>" beside the file they replace.
 _TEMP_NAME = re.compile(
-    r"^\.(config|metrics|results|checkpoint|model|curves)\.[A-Za-z0-9_]+\.tmp"
-    r"\.(json|jsonl|safetensors|png)$"
+    r"^\.(config|metrics|results|checkpoint|model|curves|README)\.[A-Za-z0-9_]+\.tmp"
+    r"\.(json|jsonl|safetensors|png|md)$"
 )
 # A config.json or results.json is a few KiB; metrics.jsonl ~100 bytes a record.
 MAX_JSON_BYTES = 1 << 20

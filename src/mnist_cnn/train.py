@@ -587,9 +587,11 @@ def _run(
     )
     if par.is_main:
         run.write_results({"step": step, "train_seconds": seconds, "test": test.to_dict()})
+        from .card import write_card
         from .inspect import save_training_curves  # matplotlib is imported only when needed
 
         save_training_curves(run.path)  # <run>/curves.png: loss and accuracy against step
+        write_card(run.path)  # <run>/README.md: the model card
     return TrainResult(run_dir=run.path, config=config, steps=step, seconds=seconds, test=test)
 
 

@@ -1,6 +1,8 @@
-// The draw-a-digit page: draw with Pointer Events, post the drawing as a PNG to /api/predict,
-// show the 28×28 input, the class probabilities and the conv1/conv2 feature maps.
-// No libraries and nothing fetched from elsewhere: everything here talks to this server only.
+// The draw-a-digit page: draw with Pointer Events, hand the drawing to a backend, show the 28×28
+// input, the class probabilities and the conv1/conv2 feature maps.
+// The backend is the server's JSON API (`mnist-cnn serve`), or the network itself running in this
+// page (`mnist-cnn export --web`: static/model.js and static/net.js load before this script).
+// No libraries and nothing fetched from elsewhere: the page talks to its own server, or to nobody.
 "use strict";
 
 const INK_WIDTH = 22; // stroke width in pad pixels (pad 280×280 ≈ MNIST's 2–3 px strokes at 28×28)
@@ -104,7 +106,124 @@ pad.addEventListener("pointermove", moveStroke);
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
-// ------------------------------------------------------------------ asking the server
+// ------------------------------------------------------------------ backends
+// Both answer in the server's JSON shapes (see /docs); in the page backend the base64 "data"
+// fields are Uint8Arrays already. A backend throws an Error whose message is shown to the reader.
+// predict(canvas, params) and randomTestDigit(params): params are extra query parameters for
+// the server's API (activations=true is always asked for); the page backend ignores them.
+
+function query(params) {
+  return new URLSearchParams({ activations: "true", ...params }).toString();
+}
+
+function serverBackend() {
+  async function ask(url, options) {
+    let res;
+    let body;
+    try {
+      res = await fetch(url, options);
+      body = await res.json();
+    } catch (err) {
+      throw new Error(`cannot reach the server (${err.message})`);
+    }
+    if (!res.ok) throw new Error(body.detail || `the server answered ${res.status}`);
+    return body;
+  }
+  return {
+    inPage: false,
+    info: () => ask("/api/info"),
+    async predict(canvas, params = {}) {
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+      return ask(`/api/predict?${query(params)}`, {
+        method: "POST",
+        headers: { "Content-Type": "image/png" },
+        body: blob,
+      });
+    },
+    randomTestDigit: (params = {}) => ask(`/api/random-test-digit?${query(params)}`),
+  };
+}
+
+function pageBackend(model, Net) {
+  const net = Net.load(model);
+  const side = Net.SIDE;
+  const digits = model.test_digits ? Net.decodeBase64(model.test_digits.images) : null;
+
+  // As serve.py's encode_maps: each map scaled to its own [min, max] and quantised to uint8.
+  function encodeMaps(values, n, h, w) {
+    const q = new Uint8Array(n * h * w);
+    const min = [];
+    const max = [];
+    for (let m = 0; m < n; m++) {
+      const map = values.subarray(m * h * w, (m + 1) * h * w);
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (const v of map) {
+        lo = Math.min(lo, v);
+        hi = Math.max(hi, v);
+      }
+      const span = hi > lo ? hi - lo : 1;
+      for (let i = 0; i < map.length; i++) q[m * h * w + i] = Math.round(((map[i] - lo) / span) * 255);
+      min.push(lo);
+      max.push(hi);
+    }
+    return { shape: [n, h, w], min, max, data: q };
+  }
+
+  function run(image) {
+    const x = Float32Array.from(image, (v) => v / 255);
+    const out = Net.forward(net, x);
+    const probabilities = Net.softmax(out.logits);
+    const c = model.config;
+    return {
+      prediction: probabilities.indexOf(Math.max(...probabilities)),
+      probabilities,
+      input: { shape: [side, side], data: image },
+      activations: {
+        conv1: encodeMaps(out.conv1, c.conv1_channels, side, side),
+        conv2: encodeMaps(out.conv2, c.conv2_channels, side / 2, side / 2),
+      },
+    };
+  }
+
+  return {
+    inPage: true,
+    net,
+    run,
+    async info() {
+      return {
+        run: model.run,
+        dataset: model.dataset,
+        classes: model.classes,
+        step: model.step,
+        test_accuracy: model.test_accuracy,
+        test_digits: digits ? model.test_digits.labels.length : 0,
+      };
+    },
+    async predict(canvas) {
+      const { width, height } = canvas;
+      const rgba = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+      return run(Net.preprocess(Net.grayFromRGBA(rgba, height, width), height, width));
+    },
+    async randomTestDigit() {
+      if (!digits) throw new Error("this page was exported without test digits");
+      const labels = model.test_digits.labels;
+      const index = Math.floor(Math.random() * labels.length);
+      const result = run(digits.slice(index * side * side, (index + 1) * side * side));
+      const label = labels[index];
+      return { ...result, index: model.test_digits.indices[index], label, correct: result.prediction === label };
+    },
+  };
+}
+
+const backend = window.MNIST_CNN_MODEL
+  ? pageBackend(window.MNIST_CNN_MODEL, window.MnistNet)
+  : serverBackend();
+// Milliseconds from asking the backend about the pad to the answer drawn (bars and maps), newest
+// last: what the page costs per update (read by the tests and benchmarks/web_page.py).
+const updateTimes = (window.mnistCnnUpdateTimes = []);
+
+// ------------------------------------------------------------------ asking the backend
 
 function schedule(delay = DEBOUNCE_MS) {
   clearTimeout(timer);
@@ -120,22 +239,14 @@ async function predictDrawing() {
   inFlight = true;
   pending = false;
   try {
-    const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
-    const res = await fetch("/api/predict?activations=true", {
-      method: "POST",
-      headers: { "Content-Type": "image/png" },
-      body: blob,
-    });
-    const body = await res.json();
+    const started = performance.now();
+    const body = await backend.predict(pad);
     if (mode !== "draw") return; // a test digit arrived meanwhile
-    if (!res.ok) {
-      showStatus(body.detail || `the server answered ${res.status}`, true);
-      return;
-    }
     showStatus("");
     show(body, null);
+    updateTimes.push(performance.now() - started);
   } catch (err) {
-    showStatus(`cannot reach the server (${err.message})`, true);
+    if (mode === "draw") showStatus(err.message, true);
   } finally {
     inFlight = false;
     if (pending) schedule(0);
@@ -146,12 +257,7 @@ async function randomTestDigit() {
   clearTimeout(timer);
   pending = false;
   try {
-    const res = await fetch("/api/random-test-digit?activations=true");
-    const body = await res.json();
-    if (!res.ok) {
-      showStatus(body.detail || `the server answered ${res.status}`, true);
-      return;
-    }
+    const body = await backend.randomTestDigit();
     mode = "test";
     paintTestDigit(body.input);
     showSource(
@@ -161,7 +267,7 @@ async function randomTestDigit() {
     showStatus("");
     show(body, body.label);
   } catch (err) {
-    showStatus(`cannot reach the server (${err.message})`, true);
+    showStatus(err.message, true);
   }
 }
 
@@ -182,6 +288,7 @@ $("scale").addEventListener("change", () => {
 // ------------------------------------------------------------------ showing an answer
 
 function decode(b64) {
+  if (typeof b64 !== "string") return b64; // the page backend hands over bytes
   const raw = atob(b64);
   const out = new Uint8Array(raw.length);
   for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
@@ -328,22 +435,24 @@ function sizeMapCanvases() {
 
 async function loadInfo() {
   try {
-    const info = await (await fetch("/api/info")).json();
+    const info = await backend.info();
     classes = info.classes;
     buildBars();
     const parts = [`run ${info.run}`, info.dataset];
     if (info.step != null) parts.push(`step ${info.step}`);
     if (info.test_accuracy != null) parts.push(`test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`);
+    if (backend.inPage) parts.push("running in this page");
     $("run-info").textContent = parts.join(" · ");
     if (!info.test_digits) {
       $("random").disabled = true;
       $("random").title = "the test set is not available on this server";
     }
   } catch (err) {
-    showStatus(`cannot reach the server (${err.message})`, true);
+    showStatus(err.message, true);
   }
 }
 
+if (backend.inPage) document.querySelector("header nav")?.remove(); // no API without a server
 clearPad();
 buildBars();
 sizeMapCanvases();

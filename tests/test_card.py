@@ -1,0 +1,86 @@
+"""The model card: written when training ends and by ``mnist-cnn card``; a Hub-style card."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from mnist_cnn.card import build_card
+from mnist_cnn.cli import build_parser, main
+from mnist_cnn.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_mnist) -> Path:
+    """Five steps of the seed network, with a small test split: a finished run in seconds."""
+    from mnist_cnn.train import preset_config, train
+
+    config = preset_config(
+        "seed", steps=5, lr=3e-4, seed=7, device="cpu", log_every=5, checkpoint_every=5
+    )
+    out = tmp_path_factory.mktemp("card") / "tiny"
+    train(config, out, data=small_mnist)
+    return out
+
+
+def test_training_writes_a_card_the_hub_parses(tiny_run: Path):
+    text = (tiny_run / "README.md").read_text(encoding="utf-8")
+    card = ModelCard(text)
+    results = json.loads((tiny_run / "results.json").read_text())
+    accuracy = results["test"]["accuracy"]
+    assert card.data.license == "mit"
+    assert card.data.library_name == "pytorch"
+    assert card.data.datasets == ["ylecun/mnist"]
+    assert "image-classification" in card.data.tags
+    (result,) = card.data.eval_results
+    assert result.metric_type == "accuracy" and result.dataset_split == "test"
+    assert result.metric_value == accuracy  # the same number, not a rounded copy
+    assert card.data.model_name == "tiny"
+    # The body: accuracy, one row per class, the curves picture, loading without pickle.
+    assert f"**{accuracy:.4f}**" in text
+    for digit, acc in enumerate(results["test"]["per_class_accuracy"]):
+        assert f"| {digit} | {acc:.4f} |" in text
+    assert "![Training curves" in text and (tiny_run / "curves.png").is_file()
+    assert "model.safetensors" in text and "pickle" in text
+    assert "CPU" in text  # the machine, from config.json's environment
+
+
+def test_the_card_command_reproduces_the_recorded_settings(tiny_run: Path):
+    text = build_card(tiny_run)
+    command = re.search(r"```sh\n(mnist-cnn train[^\n]*)\n```", text).group(1)
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    recorded = json.loads((tiny_run / "config.json").read_text())["train"]
+    assert (args.preset, args.steps, args.lr, args.seed) == (
+        recorded["preset"],
+        recorded["steps"],
+        recorded["lr"],
+        recorded["seed"],
+    )
+    assert "--batch-size" not in command  # only what differs from the preset (and the seed)
+
+
+def test_values_from_the_run_are_escaped(tiny_run: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["environment"]["device"] = "<script>alert(1)</script>"
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["card", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {run / 'README.md'}"
+    text = (run / "README.md").read_text()
+    assert "<script" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    ModelCard(text)  # still a valid card
+
+    (run / "results.json").write_text('{"test": {"accuracy": "high"}}')
+    with pytest.raises(CheckpointError, match="no test accuracy"):
+        build_card(run)
+    (run / "config.json").write_text("{")
+    assert main(["card", str(run)]) == 1
+    assert "config.json: damaged" in capsys.readouterr().err
