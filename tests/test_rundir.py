@@ -318,7 +318,7 @@ def test_results_json_with_a_wrong_type_is_refused_naming_it(tmp_path, reference
     results = json.loads((run / "results.json").read_text())
     results["test"]["accuracy"] = "high"
     (run / "results.json").write_text(json.dumps(results))
-    with pytest.raises(CheckpointError, match=r"results\.json: test accuracy must lie in"):
+    with pytest.raises(CheckpointError, match=r"results\.json: no test accuracy in \[0, 1\]"):
         RunDir(run).read_results()
     assert cli.main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 1
 

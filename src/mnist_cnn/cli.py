@@ -97,7 +97,8 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
-        default=None,  # None: not given (so --resume can tell); the seed recipe
+        default="seed",
+        action=_StoreGiven,  # --resume refuses it even when it names the default
         help="recipe to start from (default: seed)",
     )
     _add_data_args(p)
@@ -211,7 +212,7 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
         )
     else:
         config = preset_config(
-            args.preset or "seed",
+            args.preset,
             dataset=args.dataset,
             data_dir=args.data_dir,
             steps=args.steps,
@@ -240,10 +241,21 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
 _RESUME_FLAGS = {"resume", "steps", "data_dir", "dist_timeout", "func", "command", "verbose"}
 
 
+class _StoreGiven(argparse._StoreAction):
+    """Store the value, and note that the flag was given (its default may look the same)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
     from .errors import ConfigError
 
+    given = getattr(args, "given", set())
     for dest, value in vars(args).items():
+        if dest == "preset" and dest not in given or dest == "given":
+            continue
         if dest not in _RESUME_FLAGS and value is not None:
             flag = "--plain-step" if dest == "fast" else "--" + dest.replace("_", "-")
             raise ConfigError(

@@ -138,18 +138,18 @@ def check_results(data: Any, path: Path | str) -> dict[str, Any]:
     """results.json: the step reached, the training time and the test result."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
-    if not _is_int(data.get("step")):
-        raise CheckpointError(f"{path}: step must be a whole number, got {short(data.get('step'))}")
-    if "train_seconds" in data and not _is_number(data["train_seconds"], 0):
-        raise CheckpointError(
-            f"{path}: train_seconds must be a number >= 0, got {short(data.get('train_seconds'))}"
-        )
     test = data.get("test")
     if not isinstance(test, dict):
         raise CheckpointError(f"{path}: no test result")
     if not _is_number(test.get("accuracy"), 0, 1):
         raise CheckpointError(
-            f"{path}: test accuracy must lie in [0, 1], got {short(test.get('accuracy'))}"
+            f"{path}: no test accuracy in [0, 1] (found {short(test.get('accuracy'))})"
+        )
+    if not _is_int(data.get("step")):
+        raise CheckpointError(f"{path}: step must be a whole number, got {short(data.get('step'))}")
+    if "train_seconds" in data and not _is_number(data["train_seconds"], 0):
+        raise CheckpointError(
+            f"{path}: train_seconds must be a number >= 0, got {short(data.get('train_seconds'))}"
         )
     for key in ("correct", "total"):
         if key in test and not _is_int(test[key]):
