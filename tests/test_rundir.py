@@ -164,6 +164,9 @@ def test_cli_resume_refuses_any_other_flag_naming_it(tmp_path, capsys, reference
         assert cli.main(["train", "--resume", str(reference), *flag]) == 1
         err = capsys.readouterr().err
         assert f"{flag[0]} cannot be used with --resume" in err and err.count("\n") == 1
+    assert cli.main(["train", "--resume", str(reference)]) == 1
+    err = capsys.readouterr().err
+    assert "is finished" in err and "--steps N" in err and err.count("\n") == 1
 
 
 def test_resume_finds_moved_data_with_data_dir(tmp_path, reference):
