@@ -4,9 +4,9 @@ PY     := $(VENV)/bin/python
 # A CPU build of PyTorch. On these machines torch==2.13.0 is a local CPU wheel; elsewhere see
 # the README ("CPU-only machines") or set TORCH='torch' for the default (CUDA) build.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,serve,tensorboard,onnx
+EXTRAS ?= dev,serve,tensorboard,onnx,docs
 
-.PHONY: setup train test lint browser clean
+.PHONY: setup train test test-fast lint browser clean tour
 
 setup: $(VENV)/.installed
 
@@ -18,15 +18,28 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(VENV)/bin/mnist-cnn train
 
+# Re-run docs/tour.ipynb and keep its outputs (a real run: a few minutes on two cores).
+tour: setup
+	$(PY) docs/make_tour.py
+
 browser:
 	scripts/install-browser.sh
 
+# The whole suite under coverage (branches too; the processes tests start are measured as well),
+# then the ten slowest tests and the coverage of each module.
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest --durations=10
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
+
+# The edit-test loop: everything but real-MNIST training, the browser and torchrun (marker slow).
+test-fast: setup
+	$(PY) -m pytest -m "not slow" --durations=5
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage .coverage.*

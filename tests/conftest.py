@@ -1,4 +1,16 @@
-"""Shared fixtures: the real MNIST folder and one small trained run for the whole session."""
+"""Shared fixtures, each built once per test run (``scope="session"``).
+
+Real MNIST (needs ``$MNIST_CNN_DATA/mnist``; a test that asks for it fails, never skips):
+``data_root``, ``mnist``, ``small_mnist``, and ``trained_run`` (600 steps on it, about 98%).
+
+Generated data (no download, no MNIST; a few seconds in all), for tests where accuracy on real
+digits is not the point: ``tiny_root`` (a data root with ``mnist/`` and ``fashion-mnist/``),
+``tiny_data`` (its mnist in memory, small validation split), ``tiny_run`` (the seed network
+trained briefly on it) and ``tiny_fast_run`` (the fast preset's network, likewise).
+
+Tiers: a test that uses ``trained_run`` is marked ``slow`` here, as is any test marked by
+hand (real-MNIST training, the browser); ``make test-fast`` deselects ``slow``.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +70,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
     """
     from mnist_cnn.train import preset_config, train
 
+    # One log record at step 0 and one at the end: each costs a pass over 5,000 images.
     config = preset_config(
-        "seed", steps=600, lr=1e-3, seed=0, device="cpu", log_every=200, checkpoint_every=600
+        "seed", steps=600, lr=1e-3, seed=0, device="cpu", log_every=600, checkpoint_every=600
     )
     out = tmp_path_factory.mktemp("runs") / "trained"
     result = train(config, out, data=mnist)
@@ -79,3 +92,79 @@ def small_mnist(mnist):
         return Split(split.name, split.images[:n], split.labels[:n])
 
     return dataclasses.replace(mnist, val=head(mnist.val, 500), test=head(mnist.test, 500))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need ``trained_run`` (real-MNIST training) belong to the slow tier."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+# --------------------------------------------------------------------------- generated data
+
+TINY_TRAIN = 5_500  # the first 5,000 become the validation split: 500 left to train on
+TINY_TEST = 101  # odd: two processes evaluate shards of 51 and 50
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with generated ``mnist/`` and ``fashion-mnist/`` folders (gzip IDX files).
+
+    Each class is a bright block in its own place over faint noise (``idx_util``), so a network
+    learns it in a few dozen steps; 10% of the labels are random, so it still makes mistakes.
+    5,500 training images (5,000 of them the validation split) and 101 test images.
+    """
+    from .idx_util import write_dataset
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    for seed, name in enumerate(("mnist", "fashion-mnist")):
+        write_dataset(
+            root / name, TINY_TRAIN, TINY_TEST, seed=seed, learnable=True, label_noise=0.1
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_root: Path):
+    """``tiny_root``'s mnist in memory, validation cut to 500 images: in-process runs only."""
+    import dataclasses
+
+    from mnist_cnn.datasets import Split, load_dataset
+
+    data = load_dataset("mnist", tiny_root, download=False)
+    val = Split("val", data.val.images[:500], data.val.labels[:500])
+    return dataclasses.replace(data, val=val)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
+    """A run folder of the seed network (full size) after 40 steps on ``tiny_data``.
+
+    For tests that need *a* trained run of the seed network (its files, its pictures, its
+    activations), not one that reads handwriting. Test accuracy is well above chance.
+    """
+    from mnist_cnn.train import preset_config, train
+
+    config = preset_config(
+        "seed", steps=40, lr=1e-3, seed=0, device="cpu", log_every=20, checkpoint_every=20
+    )
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = train(config, out, data=tiny_data)
+    assert result.test.accuracy > 0.5, result.test.accuracy
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_fast_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
+    """A run folder of the fast preset's network (batch norm, 3×3 kernels) after 30 steps on
+    ``tiny_data``."""
+    from mnist_cnn.train import preset_config, train
+
+    config = preset_config(
+        "fast", steps=30, batch_size=32, seed=0, device="cpu", log_every=10, checkpoint_every=30
+    )
+    out = tmp_path_factory.mktemp("runs") / "tiny-fast"
+    result = train(config, out, data=tiny_data)
+    assert result.test.accuracy > 0.3, result.test.accuracy
+    return out

@@ -28,26 +28,35 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_cli_export_matches_pytorch_on_test_images(model_file: Path, tmp_path: Path, mnist, capsys):
-    out = tmp_path / "deep" / "model.onnx"
+@pytest.fixture(scope="module")
+def exported(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model_file`` exported once by ``mnist-cnn export`` (in this process)."""
+    out = tmp_path_factory.mktemp("onnx") / "deep" / "model.onnx"
     assert main(["export", str(model_file), "-o", str(out)]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
-    assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # one file, no temp left
+    return out
 
-    model, _ = load_model(model_file)
-    for n in (1, 37, 256):  # none of them the traced batch of 2: the batch axis is dynamic
-        images = to_float(mnist.test.images[:n]).unsqueeze(1)
+
+def _assert_matches(onnx_file: Path, model: torch.nn.Module, images: torch.Tensor) -> None:
+    for n in (1, 37, 101):  # none of them the traced batch of 2: the batch axis is dynamic
+        x = to_float(images[:n]).unsqueeze(1)
         with torch.inference_mode():
-            expected = model(images)
-        got = export.onnx_logits(out, images)
+            expected = model(x)
+        got = export.onnx_logits(onnx_file, x)
         assert got.shape == (n, 10)
+        # fp32 on both sides; the two runtimes order sums differently: 1e-4 on logits of ~10.
         assert torch.allclose(got, expected, rtol=0, atol=1e-4), (got - expected).abs().max()
         assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_cli_export_matches_pytorch_on_test_images(exported: Path, model_file: Path, mnist, capsys):
+    assert [p.name for p in exported.parent.iterdir()] == ["model.onnx"]  # no temp left
+    model, _ = load_model(model_file)
+    _assert_matches(exported, model, mnist.test.images)
 
     # The file itself names its batch axis instead of fixing it.
     import onnx
 
-    graph = onnx.load(str(out)).graph
+    graph = onnx.load(str(exported)).graph
     (inp,), (outp,) = graph.input, graph.output
     assert inp.name == "images" and outp.name == "logits"
     in_dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
@@ -56,11 +65,38 @@ def test_cli_export_matches_pytorch_on_test_images(model_file: Path, tmp_path: P
     assert out_dims == [in_dims[0], 10]
 
 
+def test_the_fast_preset_network_exports(tiny_fast_run: Path, tiny_data, tmp_path: Path, capsys):
+    """Batch norm (folded in eval mode) and 3×3 kernels: the fast preset's network in ONNX."""
+    out = tmp_path / "fast.onnx"
+    assert main(["export", str(tiny_fast_run), "-o", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    model, meta = load_model(tiny_fast_run)
+    assert meta["model"]["arch"] == "fast-cnn"
+    _assert_matches(out, model, tiny_data.test.images)
+
+
+def test_the_check_refuses_a_file_of_another_network(exported: Path, model_file: Path):
+    """The check that guards every export: a file whose logits differ is refused."""
+    model, _ = load_model(model_file)
+    with torch.no_grad():
+        model.fc2.bias.add_(1e-3)  # every logit moves by 1e-3, ten times the tolerance
+    with pytest.raises(export.ExportError, match="differ from PyTorch's"):
+        export._check(model, exported)
+
+
 def test_a_failed_export_leaves_the_old_file(model_file: Path, tmp_path: Path, monkeypatch):
+    """The exporter fails after writing half a file: the old file stays, no temp is left."""
     out = tmp_path / "model.onnx"
     out.write_bytes(b"old")
-    monkeypatch.setattr(export, "CHECK_TOLERANCE", -1.0)  # no file can pass the check
-    with pytest.raises(export.ExportError, match="differ from PyTorch's"):
+
+    def half_then_fail(model, args, f, **kwargs):
+        Path(f).write_bytes(b"half an onnx file")
+        raise RuntimeError("exporter failed\nwith details")
+
+    monkeypatch.setattr(torch.onnx, "export", half_then_fail)
+    with pytest.raises(
+        export.ExportError, match="ONNX export of .* failed: RuntimeError: exporter"
+    ):
         export.export_onnx(model_file, out)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
@@ -76,8 +112,10 @@ def test_without_the_extra_the_cli_says_what_to_install(
         lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a),
     )
     assert main(["export", str(model_file), "-o", str(tmp_path / "m.onnx")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err == "mnist-cnn: error: ONNX export needs onnxscript: pip install 'mnist-cnn[onnx]'"
+    err = capsys.readouterr().err
+    # One line that names what is missing and the extra that brings it.
+    assert err.count("\n") == 1 and err.startswith("mnist-cnn: error: ")
+    assert "onnxscript" in err and "onnxruntime" not in err and "mnist-cnn[onnx]" in err
     assert not (tmp_path / "m.onnx").exists()
 
 

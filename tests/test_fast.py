@@ -149,13 +149,20 @@ def test_batch_source_shifts_whole_images() -> None:
 
 
 def test_onecycle_learning_rate() -> None:
-    lrs = [fast.lr_at(s, 100, 1e-2, "onecycle") for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-3)
-    assert max(lrs) == pytest.approx(1e-2)
+    """Warm up to the given peak, then anneal to well below the start: the shape, not the
+    constants (warm-up share, start and end fractions) of the schedule."""
+    steps, peak_lr = 100, 1e-2
+    lrs = [fast.lr_at(s, steps, peak_lr, "onecycle") for s in range(steps)]
+    assert max(lrs) == pytest.approx(peak_lr)
     peak = lrs.index(max(lrs))
-    assert peak == 20
-    assert all(a >= b for a, b in zip(lrs[peak:-1], lrs[peak + 1 :], strict=True))
-    assert lrs[-1] < 1e-3
+    assert 0 < peak < steps // 2  # a warm-up, shorter than the way down
+    assert lrs[0] < peak_lr / 2
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1], strict=True))  # rises
+    assert all(a >= b for a, b in zip(lrs[peak:-1], lrs[peak + 1 :], strict=True))  # falls
+    assert lrs[-1] < lrs[0]
+    # The schedule stretches with the run: the same fractions of a run twice as long.
+    longer = [fast.lr_at(s, 2 * steps, peak_lr, "onecycle") for s in range(0, 2 * steps, 2)]
+    assert longer == pytest.approx(lrs, rel=1e-6, abs=1e-9)
     assert fast.lr_schedule("constant", 100, 1e-2) is None
     with pytest.raises(ConfigError):
         fast.lr_schedule("cyclic", 100, 1e-2)
@@ -174,11 +181,18 @@ def test_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fast_preset_config() -> None:
-    config = PRESETS["fast"]
-    assert config.model.arch == "fast-cnn"
-    assert config.model.conv1_channels == 16 and config.model.conv2_channels == 32
-    assert config.schedule == "onecycle" and config.fast
-    assert PRESETS["seed"].model.arch == "deep-mnist" and PRESETS["seed"].schedule == "constant"
+    """The fast preset: its own network, smaller and cheaper than the seed's, and its own
+    schedule; the seed preset stays the tutorial's."""
+    from mnist_cnn.model import build_model, count_parameters
+
+    config, seed = PRESETS["fast"], PRESETS["seed"]
+    assert config.model.arch == "fast-cnn" and seed.model.arch == "deep-mnist"
+    assert config.schedule == "onecycle" and seed.schedule == "constant" and config.fast
+    fast_net, seed_net = build_model(config.model), build_model(seed.model)
+    assert count_parameters(fast_net) < count_parameters(seed_net) / 10
+    # It classifies the same inputs into the same classes.
+    x = torch.rand(2, 1, 28, 28)
+    assert fast_net.eval()(x).shape == seed_net.eval()(x).shape == (2, 10)
     assert type(config).from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="precision"):
         dataclasses.replace(config, precision="fp8")

@@ -23,8 +23,9 @@ def _panels(fig, prefix: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def model(trained_run: Path):
-    m, _ = load_model(trained_run)
+def model(tiny_run: Path):
+    """The seed network after a short run: what is drawn must be what it computes."""
+    m, _ = load_model(tiny_run)
     return m
 
 
@@ -166,8 +167,8 @@ def test_training_curves_need_records(tmp_path: Path) -> None:
         insp.training_curves(tmp_path / "nowhere")
 
 
-def test_training_writes_its_curves(trained_run: Path) -> None:
-    assert Image.open(trained_run / insp.CURVES_FILE).format == "PNG"
+def test_training_writes_its_curves(tiny_run: Path) -> None:
+    assert Image.open(tiny_run / insp.CURVES_FILE).format == "PNG"
 
 
 def test_confusion_and_confident_mistakes() -> None:
@@ -192,35 +193,33 @@ def test_confusion_and_confident_mistakes() -> None:
     assert {t.get_text() for t in fig.axes[0].texts} == {"1", "2"}
 
 
-def test_cli_features_filters_plot(
-    trained_run: Path, data_root: Path, tmp_path: Path, capsys
-) -> None:
+def test_cli_features_filters_plot(tiny_run: Path, tiny_root: Path, tmp_path: Path, capsys) -> None:
     own = tmp_path / "my digit.png"
     Image.fromarray(np.full((40, 30), 255, np.uint8)).save(own)  # blank: refused below
     out = tmp_path / "new" / "folder" / "maps.png"
-    args = ["--data-dir", str(data_root), "--index", "0", "3", "-o", str(out)]
-    assert cli.main(["features", str(trained_run), *args]) == 0
+    args = ["--data-dir", str(tiny_root), "--index", "0", "3", "-o", str(out)]
+    assert cli.main(["features", str(tiny_run), *args]) == 0
     assert Image.open(out).format == "PNG"
     capsys.readouterr()
-    assert cli.main(["features", str(trained_run), "--image", str(own), "-o", str(out)]) == 1
+    assert cli.main(["features", str(tiny_run), "--image", str(own), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{own}: no digit found" in err
     digit = np.zeros((60, 60), np.uint8)
     digit[10:50, 28:34] = 255  # a 1
     Image.fromarray(255 - digit).save(own)
     out2 = tmp_path / "conv2.png"
-    cmd = ["features", str(trained_run), "--image", str(own), "--layer", "conv2", "-o", str(out2)]
+    cmd = ["features", str(tiny_run), "--image", str(own), "--layer", "conv2", "-o", str(out2)]
     assert cli.main(cmd) == 0
     assert Image.open(out2).size[0] > 300
     out3 = tmp_path / "f.png"
-    assert cli.main(["filters", str(trained_run), "--layer", "conv2", "-o", str(out3)]) == 0
+    assert cli.main(["filters", str(tiny_run), "--layer", "conv2", "-o", str(out3)]) == 0
     assert Image.open(out3).format == "PNG"
     out4 = tmp_path / "curves.png"
-    assert cli.main(["plot", str(trained_run), "-o", str(out4)]) == 0
+    assert cli.main(["plot", str(tiny_run), "-o", str(out4)]) == 0
     assert Image.open(out4).format == "PNG"
 
 
-def test_cli_errors_are_one_line(trained_run: Path, tmp_path: Path, capsys) -> None:
+def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert cli.main(["plot", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.jsonl" in err
@@ -233,3 +232,26 @@ def test_save_figure_creates_folders(tmp_path: Path) -> None:
     path = save_figure(fig, tmp_path / "a" / "b" / "c.png")
     assert Image.open(path).format == "PNG"
     assert [p.name for p in path.parent.iterdir()] == ["c.png"]  # no temp file left behind
+
+
+def test_pictures_of_a_fast_preset_run(tiny_fast_run: Path, tiny_data, tmp_path: Path) -> None:
+    """The fast preset's network (16 channels of 3×3, batch norm): the same pictures, laid out
+    for its own channel counts, drawing its own activations."""
+    model, meta = load_model(tiny_fast_run)
+    c1 = meta["model"]["conv1_channels"]
+    digits = insp.split_digits(tiny_data.test, [0, 1])
+    fm = insp.feature_maps(model, digits, "conv1")
+    panels = _panels(insp.plot_feature_maps(fm), "conv1")
+    assert len(panels) == 2 * c1
+    x = to_float(torch.from_numpy(np.stack([d.image for d in digits])))
+    with torch.inference_mode():
+        _, acts = model(x, return_activations=True)
+    for j, ax in enumerate(panels):
+        n, c = divmod(j, c1)
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), acts["conv1"][n, c])
+    w = insp.filters(model, "conv1")
+    k = meta["model"]["kernel_size"]
+    assert w.shape == (c1, 1, k, k)
+    out = tmp_path / "f.png"
+    assert cli.main(["filters", str(tiny_fast_run), "--layer", "conv2", "-o", str(out)]) == 0
+    assert Image.open(out).format == "PNG"

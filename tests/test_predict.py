@@ -13,7 +13,7 @@ from PIL import Image
 from mnist_cnn import cli
 from mnist_cnn.checkpoint import load_model
 from mnist_cnn.photos import photo_like
-from mnist_cnn.predict import Failure, Prediction, classify, predict_files
+from mnist_cnn.predict import Failure, Prediction, classify, predict_files, predict_images
 from mnist_cnn.preprocess import MAX_FILE_BYTES, load_image, preprocess_image
 
 N_PHOTOS = 300
@@ -125,3 +125,26 @@ def test_predict_files_keeps_order_and_failures(model, mnist, tmp_path: Path) ->
 def test_cli_predict_no_images_in_folder(trained_run: Path, tmp_path: Path, capsys) -> None:
     assert cli.main(["predict", str(trained_run), str(tmp_path)]) == 1
     assert "no image files" in capsys.readouterr().err
+
+
+def test_predict_images_takes_pictures_in_memory(model, mnist, tmp_path: Path) -> None:
+    """Pillow images and arrays, named or not: the same answer as the same picture from a file,
+    a blank one as a Failure in its place, and the caller's class names."""
+    photo = photo_like(mnist.test.images[4].numpy(), np.random.default_rng(4))
+    label = int(mnist.test.labels[4])
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    (from_file,) = predict_files(model, [tmp_path / "p.png"])
+    blank = np.full((50, 40), 250, np.uint8)
+    pil, array, empty = predict_images(model, [Image.fromarray(photo), photo, blank])
+    assert isinstance(pil, Prediction) and isinstance(array, Prediction)
+    assert pil.digit == array.digit == from_file.digit == label
+    np.testing.assert_array_equal(pil.image, from_file.image)
+    # fp32 both ways; a batch of 3 and a batch of 1 may sum in another order: ~1e-6 relative.
+    np.testing.assert_allclose(pil.probabilities, from_file.probabilities, rtol=1e-5, atol=1e-7)
+    assert (pil.source, array.source) == ("image 0", "image 1")
+    assert isinstance(empty, Failure) and empty.message.startswith("image 2: ")
+    names = [f"class {k}" for k in range(10)]
+    (named,) = predict_images(model, [photo], names=["mine"], classes=names)
+    assert named.source == "mine" and named.label == f"class {label}"
+    with pytest.raises(ValueError):  # one name per picture
+        predict_images(model, [photo, photo], names=["only one"])

@@ -13,9 +13,11 @@ from PIL import Image
 from mnist_cnn import cli
 
 
-def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, tmp_path) -> None:
+def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_path) -> None:
+    """On the briefly trained run and its generated test set (101 images, some mislabelled, so
+    there are mistakes to show): the report's numbers are the run's."""
     out = tmp_path / "deep" / "report.html"
-    assert cli.main(["report", str(trained_run), "-o", str(out), "--data-dir", str(data_root)]) == 0
+    assert cli.main(["report", str(tiny_run), "-o", str(out), "--data-dir", str(tiny_root)]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
     text = out.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
@@ -29,7 +31,7 @@ def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, t
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == "PNG"
     assert len(re.findall(r"<img ", text)) == len(images)
     # The numbers: the same test accuracy training recorded, per class, the confusion counts.
-    results = json.loads((trained_run / "results.json").read_text())
+    results = json.loads((tiny_run / "results.json").read_text())
     accuracy = results["test"]["accuracy"]
     assert f'<p class="big">{accuracy:.4f} ' in text
     confusion = results["test"]["confusion"]
@@ -38,7 +40,7 @@ def test_report_is_one_self_contained_file(trained_run: Path, data_root: Path, t
         values = re.findall(r"<td[^>]*>(\d*)</td>", cells)
         assert [int(v or 0) for v in values[:10]] == row
     # The configuration is there, setting by setting.
-    config = json.loads((trained_run / "config.json").read_text())
+    config = json.loads((tiny_run / "config.json").read_text())
     assert f'<td class="k">train.lr</td><td class="v">{config["train"]["lr"]}</td>' in text
     assert "most confident mistakes" in text
 

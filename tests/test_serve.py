@@ -197,23 +197,32 @@ def test_array_endpoint_in_both_scales(client: TestClient, digits: DigitSet) -> 
     assert photo.status_code == 200 and photo.json()["prediction"] == int(digits.labels[1])
 
 
-def test_random_test_digit_reports_label_and_mistakes(
-    client: TestClient, digits: DigitSet, model: torch.nn.Module
-) -> None:
-    x = torch.from_numpy(digits.images[:2000]).float().div(255)
-    with torch.inference_mode():
-        pred = model(x).argmax(1).numpy()
-    wrong = int(np.flatnonzero(pred != digits.labels[:2000])[0])
-    res = client.get(f"/api/random-test-digit?index={wrong}&activations=true")
-    body = res.json()
-    assert res.status_code == 200
-    assert body["index"] == wrong and body["label"] == int(digits.labels[wrong])
-    assert body["prediction"] == int(pred[wrong]) and body["correct"] is False
-    assert np.array_equal(decode_image(body["input"]), digits.images[wrong])
-    random = client.get("/api/random-test-digit").json()
-    assert random["correct"] == (random["prediction"] == random["label"])
-    assert client.get("/api/random-test-digit?index=10000").status_code == 422
-    assert client.get("/api/random-test-digit?index=-1").status_code == 422
+def test_random_test_digit_reports_label_and_mistakes(tiny_run: Path, tiny_data) -> None:
+    """The test digit's label and the verdict come from the test set and the prediction.
+
+    The same picture is labelled once with what the network predicts (asked through the other
+    endpoint) and once with another class: the first must be reported right, the second a
+    mistake, each with its own label.
+    """
+    image = tiny_data.test.images[0].numpy()
+    app = create_app(tiny_run, test_digits=DigitSet(image[None], np.array([0])))
+    with TestClient(app) as c:
+        predicted = c.post("/api/predict/array", json={"image": image.tolist()}).json()
+    other = (predicted["prediction"] + 1) % 10
+    digits = DigitSet(np.stack([image, image]), np.array([predicted["prediction"], other]))
+    app = create_app(tiny_run, test_digits=digits)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        right = c.get("/api/random-test-digit?index=0&activations=true").json()
+        wrong = c.get("/api/random-test-digit?index=1").json()
+        assert right["index"] == 0 and right["label"] == predicted["prediction"]
+        assert right["correct"] is True and right["prediction"] == predicted["prediction"]
+        assert wrong["index"] == 1 and wrong["label"] == other
+        assert wrong["correct"] is False and wrong["prediction"] == predicted["prediction"]
+        assert np.array_equal(decode_image(right["input"]), image)
+        assert set(right["activations"]) == set(MAP_LAYERS)
+        assert {c.get("/api/random-test-digit").json()["index"] for _ in range(8)} <= {0, 1}
+        assert c.get("/api/random-test-digit?index=2").status_code == 422
+        assert c.get("/api/random-test-digit?index=-1").status_code == 422
 
 
 def test_info(client: TestClient, trained_run: Path) -> None:

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mnist_cnn import fast
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.train import batch_indices, preset_config, train
+from mnist_cnn.model import ModelConfig
+from mnist_cnn.train import epoch_order, preset_config, train
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -28,10 +30,20 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_seed_recipe_300_steps_reaches_90_percent(tmp_path, mnist):
+    """The accuracy gate: the seed recipe learns real digits (on all 10,000 test images)."""
+    import dataclasses
+
+    from mnist_cnn.datasets import Split
+
+    # Validation is logged 4 times; 1,000 images tell progress as well as 5,000.
+    val = Split("val", mnist.val.images[:1000], mnist.val.labels[:1000])
     config = preset_config("seed", steps=300, seed=0, device="cpu", log_every=100)
     logs = []
-    result = train(config, tmp_path / "run", data=mnist, on_log=logs.append)
+    result = train(
+        config, tmp_path / "run", data=dataclasses.replace(mnist, val=val), on_log=logs.append
+    )
     assert result.test.accuracy >= 0.90, result.test.accuracy
     assert [r["step"] for r in logs] == [0, 100, 200, 300]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -46,38 +58,89 @@ def test_seed_recipe_300_steps_reaches_90_percent(tmp_path, mnist):
     assert results["test"]["accuracy"] == result.test.accuracy
 
 
-def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist):
-    config = preset_config("seed", steps=15, seed=5, device="cpu", log_every=100)
-    a = train(config, tmp_path / "a", data=small_mnist)
-    b = train(config, tmp_path / "b", data=small_mnist)
+# The seed network's layers at a fiftieth of the arithmetic: for tests of the training path.
+SMALL_SEED_NET = ModelConfig(conv1_channels=8, conv2_channels=16, hidden=32)
+
+
+def test_same_seed_same_weights_on_cpu(tmp_path, tiny_data):
+    config = preset_config(
+        "seed", steps=15, seed=5, device="cpu", log_every=100, model=SMALL_SEED_NET
+    )
+    a = train(config, tmp_path / "a", data=tiny_data)
+    b = train(config, tmp_path / "b", data=tiny_data)
     wa, wb = _weights(a.run_dir), _weights(b.run_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(
-        preset_config("seed", steps=15, seed=6, device="cpu"), tmp_path / "c", data=small_mnist
-    )
+    c = train(preset_config("seed", steps=15, seed=6, device="cpu"), tmp_path / "c", data=tiny_data)
     assert not torch.equal(wa["fc1.weight"], _weights(c.run_dir)["fc1.weight"])
 
 
-def test_the_last_step_is_always_logged(tmp_path, small_mnist):
+def test_the_last_step_is_always_logged(tmp_path, tiny_data):
     config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5)
     logs = []
-    train(config, tmp_path / "run", data=small_mnist, on_log=logs.append)
+    train(config, tmp_path / "run", data=tiny_data, on_log=logs.append)
     assert [r["step"] for r in logs] == [0, 5, 7]
 
 
 def test_data_order_is_a_function_of_seed_and_step():
-    first = batch_indices(seed=1, step=0, batch_size=50, n=1000)
-    assert torch.equal(first, batch_indices(seed=1, step=0, batch_size=50, n=1000))
-    epoch = torch.cat([batch_indices(1, s, 50, 1000) for s in range(20)])
-    assert sorted(epoch.tolist()) == list(range(1000))  # one epoch sees every image once
-    assert not torch.equal(batch_indices(1, 20, 50, 1000), first)  # a new epoch reshuffles
+    """The batches training draws (its BatchSource over epoch_order), traced by label = index."""
+    n, size = 1000, 50
+    images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(n)
+
+    def feed(seed: int) -> fast.BatchSource:
+        return fast.BatchSource(images, labels, seed=seed, batch_size=size, order=epoch_order)
+
+    source = feed(1)
+    epoch = [source(s)[1] for s in range(n // size)]
+    assert sorted(torch.cat(epoch).tolist()) == list(range(n))  # one epoch sees every image once
+    assert not torch.equal(torch.cat(epoch), labels)  # shuffled
+    assert not torch.equal(source(20)[1], epoch[0])  # a new epoch reshuffles
+    # A fresh feed (as after a resume) asked for step 27 first gives what the first one gave.
+    later = source(27)[1]
+    assert torch.equal(feed(1)(27)[1], later)
+    assert not torch.equal(feed(2)(27)[1], later)  # another seed, another order
 
 
-def test_refuses_to_overwrite_a_run(tmp_path, small_mnist):
+def test_plain_step_trains_like_the_fast_path(tmp_path, tiny_data):
+    """train(..., fast=False) (--plain-step) runs through train() and ends where the fast path
+    ends, in fp32, up to the rounding of fused Adam and channels-last convolutions."""
+    import dataclasses
+
+    config = preset_config(
+        "seed", steps=10, seed=4, device="cpu", log_every=5, precision="fp32", model=SMALL_SEED_NET
+    )
+    plain = train(dataclasses.replace(config, fast=False), tmp_path / "plain", data=tiny_data)
+    quick = train(config, tmp_path / "fast", data=tiny_data)
+    saved = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert saved["train"]["fast"] is False
+    start = _weights_after(config, tmp_path, tiny_data)
+    wp, wf = _weights(plain.run_dir), _weights(quick.run_dir)
+    for name in wp:
+        # Each of the 10 Adam steps moves a weight by about lr = 1e-4 (so a path that skips or
+        # misapplies steps differs by ~1e-3 nearly everywhere). Rounding differences stay near
+        # 1e-6, except where a gradient is ~0 and Adam's division magnifies them to a step.
+        diff = (wp[name] - wf[name]).abs()
+        assert diff.max() < 5e-4, (name, diff.max())
+        assert (diff > 1e-5).float().mean() < 5e-3, (name, (diff > 1e-5).sum())
+        assert not torch.equal(wp[name], start[name]), name  # it trained
+
+
+def _weights_after(config, tmp_path, data) -> dict[str, torch.Tensor]:
+    """The weights after one step of the same seed: what the 10-step runs started near."""
+    import dataclasses
+
+    one = dataclasses.replace(config, steps=1)
+    return _weights(train(one, tmp_path / "one", data=data).run_dir)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
     config = preset_config("seed", steps=2, seed=0, device="cpu")
-    train(config, tmp_path / "run", data=small_mnist)
+    train(config, tmp_path / "run", data=tiny_data)
+    before = _weights(tmp_path / "run")
     with pytest.raises(ConfigError, match="--resume"):
-        train(config, tmp_path / "run", data=small_mnist)
+        train(config, tmp_path / "run", data=tiny_data)
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the old run is untouched
 
 
 def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -88,15 +151,23 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120
         time.sleep(0.05)
 
 
-def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(tmp_path, data_root):
-    env = {**os.environ, "MNIST_CNN_DATA": str(data_root)}
+@pytest.mark.slow  # five processes; the in-process resume test is in the fast tier
+def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(tmp_path, tiny_root):
+    """Real processes, real signals, on generated data: resume starts at the checkpoint.
+
+    Each resumed process must not log step 0 (it would, had it started over) and must log the
+    steps after its checkpoint once each; its weights equal a run that never stopped.
+    """
+    env = {**os.environ, "MNIST_CNN_DATA": str(tiny_root)}
     common = [
         "--steps",
         "40",
         "--checkpoint-every",
         "10",
         "--log-every",
-        "20",
+        "40",
+        "--eval-batch-size",
+        "1000",
         "--seed",
         "3",
         "--device",
@@ -124,8 +195,14 @@ def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(tmp_path, data_
         again = _cli("train", "--resume", str(tmp_path / name), env=env)
         out, err = again.communicate(timeout=300)
         assert again.returncode == 0, err
-        assert "test accuracy" in out
+        logged = [
+            int(line.split(",")[0].split()[1])
+            for line in out.splitlines()
+            if line.startswith("step ")
+        ]
+        assert logged and logged[0] > 0 and logged[-1] == 40, (name, out)  # not from step 0
+        assert "trained 40 steps" in out, out
         resumed = _weights(tmp_path / name)
         assert all(torch.equal(reference[k], resumed[k]) for k in reference), name
         steps = [json.loads(x)["step"] for x in (tmp_path / name / "metrics.jsonl").open()]
-        assert steps == [0, 20, 40], (name, steps)
+        assert steps == [0, 40], (name, steps)
