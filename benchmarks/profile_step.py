@@ -15,30 +15,24 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mnist_cnn.fast import make_adam, make_step, prepare_model
-from mnist_cnn.model import DeepMNIST
-
-
-def step_flops(batch: int) -> float:
-    """Floating-point operations of one training step of the seed network (2 per multiply-add)."""
-    conv1 = 28 * 28 * 32 * 5 * 5 * 1
-    conv2 = 14 * 14 * 64 * 5 * 5 * 32
-    fc1 = 7 * 7 * 64 * 1024
-    fc2 = 1024 * 10
-    forward = conv1 + conv2 + fc1 + fc2
-    backward = 2 * forward - conv1  # weight and input gradients; the image needs none
-    return 2.0 * batch * (forward + backward)
+from mnist_cnn.bench import step_flops
+from mnist_cnn.model import ModelConfig, build_model
+from mnist_cnn.step import build_step, make_optimizer, prepare_model, resolve_plan
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--plain-step", action="store_true", help="profile the plain step instead")
     args = p.parse_args()
-    device = torch.device("cpu")
-    model = prepare_model(DeepMNIST(), device, fast=True)
-    step = make_step(model, make_adam(model.parameters(), 1e-4, device, fast=True))
-    x = torch.rand(args.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    plan = resolve_plan(torch.device("cpu"), args.precision, plain=args.plain_step)
+    model = prepare_model(build_model(ModelConfig()), plan)
+    step = build_step(model, make_optimizer(model.parameters(), 1e-4, plan), plan)
+    x = torch.rand(args.batch_size, 1, 28, 28)
+    if plan.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,))
     for _ in range(5):  # warm-up: oneDNN picks its kernels on the first calls
         step(x, y)
@@ -46,11 +40,11 @@ def main() -> None:
     for _ in range(args.steps):
         step(x, y)
     seconds = (time.perf_counter() - t0) / args.steps
-    flops = step_flops(args.batch_size)
+    flops = step_flops(ModelConfig(), args.batch_size)
+    print(plan.summary())
     print(
         f"batch {args.batch_size}: {seconds * 1e3:.1f} ms per step, "
-        f"{flops / 1e9:.2f} GFLOP per step, {flops / seconds / 1e9:.0f} GFLOP/s, "
-        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+        f"{flops / 1e9:.2f} GFLOP per step, {flops / seconds / 1e9:.0f} GFLOP/s"
     )
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):

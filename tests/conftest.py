@@ -168,3 +168,25 @@ def tiny_fast_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
     result = train(config, out, data=tiny_data)
     assert result.test.accuracy > 0.3, result.test.accuracy
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say which precision paths ran on this hardware and which could not run here."""
+    from mnist_cnn.step import BF16_SWITCH, bf16_support
+
+    cpu = torch.device("cpu")
+    native, said = bf16_support(cpu)
+    kernels = torch.backends.cpu.get_cpu_capability()
+    if native and BF16_SWITCH not in said:
+        bf16 = "bf16 tests ran on native bf16"
+    else:
+        bf16 = f"no native bf16 ({said}): bf16 tests ran emulated, forced by {BF16_SWITCH}=native"
+    not_here = ["CUDA graph capture (its logic ran with an eager stand-in)", "CUDA bf16", "NCCL"]
+    if torch.cuda.is_available():
+        not_here = []
+    if not torch.backends.mps.is_available():
+        not_here.append("MPS")
+    write = terminalreporter.write_line
+    write(f"precision: CPU kernels {kernels}; {bf16}; fp32 tests ran in fp32")
+    if not_here:
+        write(f"not run on this hardware (no such device): {', '.join(not_here)}")

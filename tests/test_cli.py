@@ -48,7 +48,8 @@ def test_train_then_evaluate_end_to_end(tmp_path, tiny_root, capsys):
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("step 0, training accuracy ")
+    assert lines[0].startswith("plan: fast path, ") and " threads" in lines[0]  # how it ran
+    assert lines[1].startswith("step 0, training accuracy ")
     assert any(line.startswith("step 10, training accuracy ") for line in lines)
     assert lines[-2].startswith("test accuracy 0.") and lines[-2].endswith("/101)")
     assert lines[-1].startswith("trained 20 steps in ") and lines[-1].endswith(str(run))

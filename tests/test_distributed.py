@@ -172,6 +172,7 @@ def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
     assert "step 0," not in out and out.count("step 20,") == 1, out
     assert "trained 20 steps" in out, out
     assert config["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert config["plan"]["precision"] == "fp32"
 
     w1, w2 = _weights(one), _weights(two)
     assert w1.keys() == w2.keys()

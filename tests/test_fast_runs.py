@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mnist_cnn import bench
-from mnist_cnn.bench import format_table, run_bench
+from mnist_cnn import step as st
+from mnist_cnn.bench import check_equivalence, format_report, format_table, run_bench
 from mnist_cnn.checkpoint import load_model
 from mnist_cnn.cli import main
 from mnist_cnn.datasets import MNISTLike
@@ -83,6 +84,33 @@ def test_fast_path_resume_is_exact_and_seed_repeats(tmp_path: Path, tiny_data: M
             assert torch.equal(value, whole[name]), (other, name)
 
 
+SMALL = ModelConfig(conv1_channels=8, conv2_channels=16, hidden=32)
+
+
+def _tiny_bench(**kw) -> object:
+    images = torch.randint(0, 256, (400, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (400,))
+    return bench.bench(
+        "cpu", steps=4, warmup=1, rounds=2, model_config=SMALL, images=images, labels=labels,
+        matmul_size=256, **kw,
+    )  # fmt: skip
+
+
+def test_bench_checks_equivalence_and_the_machine_rate() -> None:
+    report = _tiny_bench(precision="fp32")
+    assert [r.name for r in report.rows] == ["plain loop", "ours (fast path)"]
+    assert report.rows[0].ratio == pytest.approx(1.0)
+    assert all(r.images_per_s > 0 and r.steps == 4 and r.gflop_per_s > 0 for r in report.rows)
+    assert [e.precision for e in report.equivalence] == ["fp32"] and report.ok
+    assert report.matmul.precision == "fp32" and report.matmul.gflop_per_s > 0
+    assert report.fraction_of_limit == pytest.approx(
+        report.rows[1].gflop_per_s / report.matmul.gflop_per_s
+    )
+    text = format_report(report)
+    assert "fast path = plain step (fp32)" in text and "same function" in text
+    assert "ours (fast path)" in text and "% of it" in text
+
+
 def test_bench_counts_steps_and_images(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each loop runs warm-up (twice: memory, then timing) plus exactly ``steps`` timed steps,
     split over rounds with a remainder; images/s and the ratio follow from the times."""
@@ -122,15 +150,64 @@ def test_bench_counts_steps_and_images(monkeypatch: pytest.MonkeyPatch) -> None:
         assert f"| {r.name} | 5 | {r.images_per_s:,.0f} | {r.ratio:.2f}× |" in table
 
 
-def test_cli_rejects_bf16_without_native_support(
+def test_bench_bf16_row_where_bf16_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(st.BF16_SWITCH, "native")  # emulated where the CPU lacks it: tiny net
+    rows = check_equivalence(torch.device("cpu"), "auto", model_config=SMALL, batch_size=8)
+    assert [e.precision for e in rows] == ["fp32", "bf16"] and all(e.ok for e in rows)
+    # bf16 differs from fp32 by more than fp32's rounding, but within bf16's.
+    assert rows[1].difference > rows[0].difference
+
+
+def test_bench_fails_when_the_fast_path_computes_another_function(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A fast path that drifts (here: its weights nudged by 1%) is caught; bench exits 1."""
+    real = bench.prepare_model
+
+    def drifting(model: torch.nn.Module, plan: st.StepPlan) -> torch.nn.Module:
+        model = real(model, plan)
+        if not plan.plain:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.01)
+        return model
+
+    monkeypatch.setattr(bench, "prepare_model", drifting)
+    rows = check_equivalence(torch.device("cpu"), "fp32", model_config=SMALL, batch_size=8)
+    assert not rows[0].ok
+    real_bench = bench.bench
+    monkeypatch.setattr(
+        bench, "bench", lambda device, **kw: real_bench(device, **{**kw, "steps": 2})
+    )
+    monkeypatch.setattr(bench, "ModelConfig", lambda: SMALL)
+    monkeypatch.setattr(bench, "TRAIN_IMAGES", 200)
+    monkeypatch.setattr(bench, "DEFAULT_MATMUL_SIZE", 256)
+    assert main(["bench", "--device", "cpu", "--precision", "fp32", "--steps", "2"]) == 1
+    out = capsys.readouterr()
+    assert "DIFFERENT" in out.out
+    assert "images/s" not in out.out  # another function is not timed
+    assert out.err.strip() == "mnist-cnn: error: the fast path disagrees with the plain step"
+
+
+def test_cli_rejects_bf16_without_native_support_before_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnist_cnn import fast
-
-    monkeypatch.setattr(fast, "native_bf16", lambda device: False)
+    monkeypatch.setenv(st.BF16_SWITCH, "absent")  # the AVX2 view
     code = main(
         ["train", "--preset", "fast", "--steps", "1", "--precision", "bf16", "--device", "cpu",
          "--out", str(tmp_path / "r")]
     )  # fmt: skip
     assert code == 1
     assert "no native bf16" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written: the same command can run later
+
+
+def test_the_plan_is_recorded(tmp_path: Path, tiny_data: MNISTLike) -> None:
+    logs: list[dict] = []
+    config = _fast(steps=2, batch_size=8, precision="fp32")
+    train(config, tmp_path / "run", data=tiny_data, on_log=logs.append)
+    plan = json.loads((tmp_path / "run" / "config.json").read_text())["plan"]
+    assert plan["precision"] == "fp32" and plan["requested"] == "fp32"
+    assert plan["channels_last"] and plan["fused_adam"] and not plan["cuda_graph"]
+    assert plan["threads"] >= 1 and "torch kernels" in plan["hardware"]
+    assert "plan" in logs[0] and all("plan" not in r for r in logs[1:])

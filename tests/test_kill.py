@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from mnist_cnn import checkpoint
-from mnist_cnn.fast import prepare_model
 from mnist_cnn.model import build_model
 from mnist_cnn.rundir import RunDir, RunState
-from mnist_cnn.train import TrainConfig, make_optimizer, restore, resume, train
+from mnist_cnn.step import make_optimizer, prepare_model
+from mnist_cnn.train import TrainConfig, plan_for, restore, resume, train
 
 from .run_util import same_weights, tiny_config, tiny_data, weights
 
@@ -94,8 +94,12 @@ def _check_resumable(run: Path, config: TrainConfig) -> None:
     folder.read_config()
     folder.read_metrics(missing_ok=True)
     if state is RunState.CHECKPOINTED:
-        model = prepare_model(build_model(config.model), torch.device("cpu"), fast=config.fast)
-        assert restore(folder, model, make_optimizer(model, config), config).step > 0
+        plan = plan_for(config, torch.device("cpu"))
+        model = prepare_model(build_model(config.model), plan)
+        assert (
+            restore(folder, model, make_optimizer(model.parameters(), config.lr, plan), config).step
+            > 0
+        )
 
 
 def _records(run: Path) -> list[dict]:

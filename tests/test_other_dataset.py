@@ -87,7 +87,8 @@ def test_serve_gives_the_names_and_the_datasets_test_pictures(
     from mnist_cnn.serve import create_app
 
     test = load_dataset("fashion-mnist", tiny_root, download=False).test
-    with TestClient(create_app(fashion_run, data_dir=tiny_root)) as c:
+    app = create_app(fashion_run, data_dir=tiny_root)
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # a loopback Host
         info = c.get("/api/info").json()
         assert info["dataset"] == "fashion-mnist" and info["classes"] == list(CLASSES)
         assert info["test_digits"] == 101

@@ -106,3 +106,87 @@ def test_photo_like_round_trip_keeps_the_shape_of_the_digit(mnist) -> None:
     ref = digit.astype(float)
     corr = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
     assert corr > 0.8, corr
+
+
+def _stroke(h: int = 120, w: int = 90) -> np.ndarray:
+    """A float "7" in [0, 1]: 1 = ink, 0 = paper (a bar across the top and a slanted leg)."""
+    ink = np.zeros((h, w), np.float32)
+    ink[20:32, 15:75] = 1.0
+    for y in range(32, 105):
+        x = 70 - (y - 32) * 35 // 73
+        ink[y, x - 6 : x + 6] = 1.0
+    return ink
+
+
+def _same_digit(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1])
+
+
+def test_exif_orientation_is_applied() -> None:
+    """A phone stores a 7 sideways and notes in EXIF how to turn it; the 7 must come out upright."""
+    upright = ((1 - _stroke()) * 255).astype(np.uint8)  # dark ink on white
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    buf = io.BytesIO()
+    sideways.convert("RGB").save(buf, format="JPEG", quality=95, exif=exif)
+    loaded = preprocess_image(load_image(buf.getvalue()))
+    expected = preprocess_image(upright)
+    assert _same_digit(loaded, expected) > 0.95
+    assert _same_digit(preprocess_image(sideways), expected) < 0.6  # the test can tell
+
+
+@pytest.mark.parametrize("kind", ["16-bit PNG", "float TIFF in 0–1", "float TIFF in 0–255"])
+def test_deep_images_keep_their_range(kind: str) -> None:
+    ink = _stroke()
+    expected = preprocess_image(((1 - ink) * 255).astype(np.uint8))
+    paper = 1 - ink  # dark ink on white
+    buf = io.BytesIO()
+    if kind == "16-bit PNG":
+        Image.fromarray((paper * 60000 + 2000).astype(np.uint16)).save(buf, format="PNG")
+    elif kind == "float TIFF in 0–1":
+        Image.fromarray((paper * 0.9 + 0.05).astype(np.float32)).save(buf, format="TIFF")
+    else:
+        Image.fromarray((paper * 230 + 10).astype(np.float32)).save(buf, format="TIFF")
+    image = load_image(buf.getvalue())
+    assert image.mode in ("I;16", "I", "F")  # the test exercises the deep path
+    out = preprocess_image(image)
+    assert _same_digit(out, expected) > 0.98
+    assert out.max() == 255
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (200, 30, 30)])
+def test_ink_on_a_transparent_sheet_is_ink(colour) -> None:
+    ink = _stroke()
+    rgba = np.zeros((*ink.shape, 4), np.uint8)
+    rgba[..., :3] = colour
+    rgba[..., 3] = (ink * 255).astype(np.uint8)  # opaque strokes, transparent elsewhere
+    out = preprocess_image(Image.fromarray(rgba, "RGBA"))
+    expected = preprocess_image(((1 - ink) * 255).astype(np.uint8))
+    assert _same_digit(out, expected) > 0.98
+
+
+@pytest.mark.slow
+def test_tight_crops_are_read_not_refused(model_for_preprocess, mnist) -> None:
+    """Digits cut tightly from a form (ink touching every edge), dark on white, clean, blurred,
+    noisy or both: none refused as blank, and ≥ 97% right."""
+    from mnist_cnn.photos import tight_crop_like
+    from mnist_cnn.predict import classify
+
+    n = 150
+    seen, labels = [], []
+    for k, (blur, noise) in enumerate([(False, False), (True, False), (False, True), (True, True)]):
+        rng = np.random.default_rng(k)
+        for i in range(k * n, (k + 1) * n):
+            picture = tight_crop_like(mnist.test.images[i].numpy(), rng, blur=blur, noise=noise)
+            seen.append(preprocess_image(picture))  # an ImageError here is a refusal: fails
+            labels.append(int(mnist.test.labels[i]))
+    right = (classify(model_for_preprocess, np.stack(seen)).argmax(1) == np.array(labels)).mean()
+    assert right >= 0.97, f"tight crops: {right:.3f} right"
+
+
+@pytest.fixture(scope="module")
+def model_for_preprocess(trained_run):
+    from mnist_cnn.checkpoint import load_model
+
+    return load_model(trained_run)[0]

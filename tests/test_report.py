@@ -25,8 +25,8 @@ def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text, re.I)
     assert "<script" not in text.lower() and "<link" not in text.lower()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    # curves, confusion, mistakes, conv1 maps, conv2 maps, filters
-    assert len(images) == 6
+    # curves, confusion, mistakes, what made it say that, conv1 maps, conv2 maps, filters
+    assert len(images) == 7
     for data in images:
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == "PNG"
     assert len(re.findall(r"<img ", text)) == len(images)
@@ -42,7 +42,11 @@ def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_
     # The configuration is there, setting by setting.
     config = json.loads((tiny_run / "config.json").read_text())
     assert f'<td class="k">train.lr</td><td class="v">{config["train"]["lr"]}</td>' in text
-    assert "most confident mistakes" in text
+    # How the step was computed: the precision actually used, not only the one asked for.
+    plan = config["plan"]
+    assert "<h2>Training step</h2>" in text
+    assert f'<td class="k">precision</td><td class="v">{plan["precision"]}</td>' in text
+    assert "most confident mistakes" in text and "What made it say that" in text
 
 
 def test_report_escapes_what_it_reads_from_the_run(tmp_path: Path, monkeypatch) -> None:
@@ -57,6 +61,7 @@ def test_report_escapes_what_it_reads_from_the_run(tmp_path: Path, monkeypatch) 
     # Drawing the six pictures is most of a report's cost and not what this test is about.
     for name in ("training_curves", "confusion", "mistakes", "feature_maps", "filters"):
         monkeypatch.setattr(report.insp, f"plot_{name}", lambda *a, **k: None)
+    monkeypatch.setattr(report, "explain_mistakes", lambda *a, **k: None)
     monkeypatch.setattr(report, "figure_png", lambda fig: b"picture")
 
     write_dataset(tmp_path / "data" / "mnist", n_train=5_010, n_test=60)
@@ -74,4 +79,4 @@ def test_report_escapes_what_it_reads_from_the_run(tmp_path: Path, monkeypatch) 
     assert "<script" not in text.lower()
     assert '<td class="v">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in text
     assert "written when training ended" not in text
-    assert text.count('src="data:image/png;base64,cGljdHVyZQ=="') == 6  # every picture slot
+    assert text.count('src="data:image/png;base64,cGljdHVyZQ=="') == 7  # every picture slot

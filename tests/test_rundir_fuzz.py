@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from mnist_cnn import checkpoint
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.fast import prepare_model
 from mnist_cnn.inspect import run_curves_title
 from mnist_cnn.model import build_model, loss_fn
 from mnist_cnn.rundir import RunDir, run_classes, run_test_accuracy
-from mnist_cnn.train import _resume_config, make_optimizer, restore, train
+from mnist_cnn.step import make_optimizer, prepare_model
+from mnist_cnn.train import _resume_config, plan_for, restore, train
 
 from .run_util import tiny_config, tiny_data
 
@@ -220,8 +220,9 @@ def test_damaged_checkpoint_resumes_or_says_why(runs, data):
         folder = RunDir(run)
         try:
             _, config = _resume_config(folder, None, None)
-            model = prepare_model(build_model(config.model), torch.device("cpu"), fast=config.fast)
-            optimizer = make_optimizer(model, config)
+            plan = plan_for(config, torch.device("cpu"))
+            model = prepare_model(build_model(config.model), plan)
+            optimizer = make_optimizer(model.parameters(), config.lr, plan)
             start = restore(folder, model, optimizer, config)
         except MnistCnnError:
             return

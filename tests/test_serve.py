@@ -58,7 +58,7 @@ def digits(mnist) -> DigitSet:
 @pytest.fixture(scope="module")
 def client(trained_run: Path, digits: DigitSet):
     app = create_app(trained_run, max_body_bytes=LIMIT, test_digits=digits)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         yield c
 
 
@@ -206,12 +206,12 @@ def test_random_test_digit_reports_label_and_mistakes(tiny_run: Path, tiny_data)
     """
     image = tiny_data.test.images[0].numpy()
     app = create_app(tiny_run, test_digits=DigitSet(image[None], np.array([0])))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         predicted = c.post("/api/predict/array", json={"image": image.tolist()}).json()
     other = (predicted["prediction"] + 1) % 10
     digits = DigitSet(np.stack([image, image]), np.array([predicted["prediction"], other]))
     app = create_app(tiny_run, test_digits=digits)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         right = c.get("/api/random-test-digit?index=0&activations=true").json()
         wrong = c.get("/api/random-test-digit?index=1").json()
         assert right["index"] == 0 and right["label"] == predicted["prediction"]
@@ -312,7 +312,7 @@ def test_a_model_that_fails_to_load_stops_at_start(tmp_path: Path, capsys) -> No
 
 def test_without_the_test_set_the_page_still_predicts(trained_run: Path, tmp_path: Path) -> None:
     app = create_app(trained_run, data_dir=tmp_path)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         assert c.get("/api/info").json()["test_digits"] == 0
         res = c.get("/api/random-test-digit")
         assert res.status_code == 503 and "--data-dir" in res.json()["detail"]

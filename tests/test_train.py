@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_cnn import fast
+from mnist_cnn.batches import BatchSource
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import ModelConfig
-from mnist_cnn.train import epoch_order, preset_config, train
+from mnist_cnn.train import preset_config, train
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -87,8 +87,8 @@ def test_data_order_is_a_function_of_seed_and_step():
     images = torch.zeros(n, 28, 28, dtype=torch.uint8)
     labels = torch.arange(n)
 
-    def feed(seed: int) -> fast.BatchSource:
-        return fast.BatchSource(images, labels, seed=seed, batch_size=size, order=epoch_order)
+    def feed(seed: int) -> BatchSource:
+        return BatchSource(images, labels, seed=seed, batch_size=size)
 
     source = feed(1)
     epoch = [source(s)[1] for s in range(n // size)]

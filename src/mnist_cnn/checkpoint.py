@@ -22,9 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .datasets import NUM_CLASSES
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path, storage_error
-from .model import ModelConfig, build_model
+from .model import ARCHITECTURES, ModelConfig, build_model
 
 FORMAT = "mnist-cnn"
 FORMAT_VERSION = 1
@@ -46,31 +47,96 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -
         raise storage_error(path, err) from None
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+# A checkpoint's JSON header holds tensor names, shapes and a few KiB of settings; safetensors
+# admits 100 MB. Anything far larger is not ours, and is refused before it is read.
+MAX_HEADER_BYTES = 1024 * 1024
+# Float weights may be stored at any of these precisions (they are loaded as float32).
+_FLOAT_DTYPES = frozenset({"F32", "F16", "BF16"})
+_DTYPE_NAMES = {torch.float32: "F32", torch.int64: "I64"}
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: errors quote files, never echo them whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cut(text: str, limit: int = 160) -> str:
+    """A message from a library, on one line and at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+TensorInfo = dict[str, tuple[str, tuple[int, ...]]]  # name -> (safetensors dtype, shape)
+
+
+def _read_header(path: Path) -> tuple[TensorInfo, dict[str, Any]]:
+    """The tensors a safetensors file declares and its mnist-cnn metadata, read and checked
+    without loading any tensor (the header is bounded by ``MAX_HEADER_BYTES``)."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        what = "no such file" if not path.exists() else "not a regular file"
+        raise CheckpointError(f"{path}: {what}")
+    damaged = f"{path}: damaged or not a safetensors file"
     try:
-        tensors = load_file(str(path))
+        size = path.stat().st_size
         with open(path, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{damaged} ({size} bytes)")
+            header_len = int.from_bytes(prefix, "little")
+            if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+                raise CheckpointError(
+                    f"{damaged} (its header claims {header_len:,} bytes; the file has {size:,}, "
+                    f"and an mnist-cnn header is under {MAX_HEADER_BYTES:,})"
+                )
             header = json.loads(fh.read(header_len))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: damaged or not a safetensors file ({err})") from None
-    meta_raw = header.get("__metadata__") or {}
-    if meta_raw.get("format") != FORMAT:
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, nested too deep
+        raise CheckpointError(f"{damaged} ({_cut(str(err))})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{damaged} (header is not a JSON object)")
+    meta_raw = header.pop("__metadata__", None) or {}
+    if not isinstance(meta_raw, dict) or meta_raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnist-cnn checkpoint (no mnist-cnn metadata)")
     version = meta_raw.get("version", "0")
-    if not (version.isdigit() and len(version) < 6):
-        raise CheckpointError(f"{path}: damaged metadata (format version {version[:20]!r})")
+    if not (isinstance(version, str) and version.isdigit() and len(version) < 6):
+        raise CheckpointError(f"{path}: damaged metadata (format version {_short(version)})")
     if int(version) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer mnist-cnn (format {version}); upgrade")
     try:
         meta = json.loads(meta_raw["meta"])
-    except (KeyError, ValueError, RecursionError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise CheckpointError(f"{path}: damaged metadata") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: damaged metadata (not a JSON object)")
-    return tensors, meta
+    info: TensorInfo = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape = entry["dtype"], entry["shape"]
+            if not isinstance(dtype, str) or not all(
+                type(d) is int and 0 <= d < 2**40 for d in shape
+            ):
+                raise TypeError
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{damaged} (tensor {_short(name)})") from None
+        info[name] = (dtype, tuple(shape))
+    return info, meta
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path}: damaged or not a safetensors file ({_cut(str(err))})"
+        ) from None
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Header and metadata (checked), then the tensors."""
+    _, meta = _read_header(path)
+    return _load_tensors(path), meta
 
 
 def model_file(run: str | os.PathLike[str]) -> Path:
@@ -96,44 +162,118 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, extra: dict | Non
     _write(Path(path), model.state_dict(), meta)
 
 
+def _fit_problems(expected: TensorInfo, found: TensorInfo) -> str:
+    """What keeps tensors ``found`` from fitting a network that needs ``expected`` ('' if
+    nothing); dtypes are compared as float or not, since weights may be stored in 16 bits."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k][1] != found[k][1])
+    kinds = sorted(
+        k
+        for k in set(expected) & set(found)
+        if (expected[k][0] == "F32") != (found[k][0] in _FLOAT_DTYPES)
+        or (expected[k][0] != "F32" and found[k][0] != expected[k][0])
+    )
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:3])}")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{k} has shape {found[k][1]}, the network needs {expected[k][1]}")
+    if kinds:
+        k = kinds[0]
+        parts.append(f"{k} is {_short(found[k][0], 12)}, the network needs {expected[k][0]}")
+    if extra:
+        parts.append(f"unexpected {', '.join(_short(k, 40) for k in extra[:3])}")
+    return "; ".join(parts)
+
+
+def _info(tensors: dict[str, torch.Tensor]) -> TensorInfo:
+    return {
+        k: (_DTYPE_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in tensors.items()
+    }
+
+
+def expected_tensors(config: ModelConfig) -> TensorInfo:
+    """The tensors (dtype, shape) of the network ``config`` describes, computed on PyTorch's
+    meta device: nothing is allocated, however large the config claims to be."""
+    with torch.device("meta"):
+        model = build_model(config)
+    return _info(model.state_dict())
+
+
 def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != found:
-        missing = sorted(set(expected) - set(found))
-        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-        extra = sorted(set(found) - set(expected))
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{k} has shape {found[k]}, the network needs {expected[k]}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra[:3])}")
+    problems = _fit_problems(_info(model.state_dict()), _info(tensors))
+    if problems:
         raise CheckpointError(
-            f"{path}: weights do not fit the {model.config.arch} network ({'; '.join(parts)})"
+            f"{path}: weights do not fit the {model.config.arch} network ({problems})"
         )
     model.load_state_dict(tensors)
+
+
+def model_config_from_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> ModelConfig:
+    """The network a file's metadata describes, every field checked (type, range, known arch)."""
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except KeyError:
+        raise CheckpointError(f"{path}: model description missing") from None
+    except (TypeError, ConfigError) as err:
+        raise CheckpointError(
+            f"{path}: model description not understood ({_cut(str(err))})"
+        ) from None
+    if config.arch not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES)
+        raise CheckpointError(
+            f"{path}: unknown architecture {_short(config.arch, 40)} (this version knows {known})"
+        )
+    if config.num_classes != NUM_CLASSES:
+        raise CheckpointError(
+            f"{path}: a network for {config.num_classes} classes; every dataset here has "
+            f"{NUM_CLASSES}"
+        )
+    return config
+
+
+def _check_model_meta(meta: dict[str, Any], path: Path) -> ModelConfig:
+    config = model_config_from_meta(meta, path)
+    step = meta.get("step")
+    if step is not None and not (type(step) is int and 0 <= step < 2**53):
+        raise CheckpointError(f"{path}: step must be a whole number >= 0, got {_short(step)}")
+    dataset = meta.get("dataset")
+    if dataset is not None and not (isinstance(dataset, str) and 0 < len(dataset) <= 64):
+        raise CheckpointError(f"{path}: dataset must be a short name, got {_short(dataset)}")
+    classes = meta.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list)
+        and len(classes) == config.num_classes
+        and all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes)
+    ):
+        raise CheckpointError(
+            f"{path}: classes must be {config.num_classes} short names, got {_short(classes)}"
+        )
+    return config
 
 
 def load_model(
     run: str | os.PathLike[str], device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network saved in RUN (folder or file) in eval mode; returns (model, metadata)."""
+    """Rebuild the network saved in RUN (folder or file) in eval mode; returns (model, metadata).
+
+    The metadata is checked field by field, and the tensors the header declares against the
+    network it describes, before any tensor is read or any layer built.
+    """
     path = model_file(run)
-    tensors, meta = _read(path)
-    try:
-        config = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(
-            f"{path}: model description missing or not understood ({err})"
-        ) from None
-    try:
-        model = build_model(config)
-    except ConfigError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    _load_into(model, {k: v.to(torch.float32) for k, v in tensors.items()}, path)
+    info, meta = _read_header(path)
+    config = _check_model_meta(meta, path)
+    problems = _fit_problems(expected_tensors(config), info)
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit the {config.arch} network ({problems})")
+    tensors = _load_tensors(path)
+    model = build_model(config)
+    # Weights stored in 16 bits are widened; integer buffers (batch-norm counters) stay as they are.
+    _load_into(
+        model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path
+    )
     require_finite(model.state_dict(), path)
     return model.to(device).eval(), meta
 

@@ -180,6 +180,8 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
 
 def _format_log(rec: dict[str, Any]) -> str:
     line = f"step {rec['step']}, training accuracy {rec['train_accuracy']:g}"
+    if "plan" in rec:  # the first record: say how the step is computed
+        line = f"plan: {rec['plan']}\n{line}"
     line += f", validation accuracy {rec['val_accuracy']:.4f}"
     if rec.get("loss") is not None:
         line += f", loss {rec['loss']:.4f}"
@@ -268,6 +270,8 @@ def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
 
 
 def _setup_evaluate(sub: argparse._SubParsersAction) -> None:
+    from .datasets import DATASETS
+
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and peak memory of a run")
     p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
@@ -280,11 +284,27 @@ def _setup_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     _add_data_args(p, dataset_default=None)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--ood",
+        metavar="DATASET",
+        choices=list(DATASETS),
+        help="instead: how well the not-a-digit score tells the test digits from DATASET's test "
+        "images (e.g. fashion-mnist): AUROC and the share flagged",
+    )
+    p.add_argument(
+        "--ood-data-dir",
+        metavar="DIR",
+        help="data root holding DATASET (default: --data-dir); Debian's dataset-fashion-mnist "
+        "package: /usr/share/datasets",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
+
+    if args.ood:
+        return _evaluate_ood(args)
 
     result, info = evaluate_run(
         args.run,
@@ -310,6 +330,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if result.memory is not None:
         print(result.memory.summary())
     print(f"{result.seconds:.2f} s on {info['device']}")
+    return 0
+
+
+def _evaluate_ood(args: argparse.Namespace) -> int:
+    from .digitness import evaluate_ood
+
+    device = "cpu" if args.device == "auto" else args.device
+    r = evaluate_ood(
+        args.run, args.ood, data_dir=args.data_dir, ood_data_dir=args.ood_data_dir, device=device
+    )
+    if args.json:
+        _print_json({"run": str(args.run), **r.to_dict()})
+        return 0
+    print(f"not-a-digit score against {r.dataset} ({r.images} test images):")
+    print(f"  AUROC {r.auroc:.4f}")
+    print(f"  {r.dataset} flagged as not a digit: {100 * r.flagged:.1f}%")
+    print(f"  test digits flagged: {100 * r.digits_flagged:.2f}% (threshold {r.threshold:.4f})")
     return 0
 
 
@@ -409,6 +446,14 @@ def _setup_serve(sub: argparse._SubParsersAction) -> None:
         help="data root holding the run's dataset, for the random-test-digit button "
         "(default: $MNIST_CNN_DATA, else ~/.cache/mnist-cnn)",
     )
+    p.add_argument(
+        "--allow-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also answer requests for this Host name (e.g. behind a proxy); by default only "
+        "loopback names and --host are answered, so other web pages cannot reach the server",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -435,6 +480,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         max_body_bytes=args.max_body_kib * 1024,
         on_ready=on_ready,
+        allow_hosts=args.allow_host,
     )
     return 0
 
@@ -447,13 +493,22 @@ def _setup_bench(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="time the plain training loop against the fast path on this machine",
-        description="Train the seed's network with the plain loop (DataLoader, eager) and with "
-        "the fast path, alternating, on random images; print images/s, ratio and peak memory.",
+        help="check and time the fast path against the plain training loop on this machine",
+        description="Check that the fast step computes the plain step's function on this "
+        "device (exit 1 if not), then train the seed's network with the plain loop (DataLoader, "
+        "eager) and with the fast path, alternating, on random images; print images/s, ratio, "
+        "peak memory, and the step's GFLOP/s as a fraction of this machine's matrix-multiply "
+        "rate.",
     )
     p.add_argument("--steps", type=_positive_int, default=300, help="timed steps each (300)")
     p.add_argument("--batch-size", type=_positive_int, default=50, help="images per step (50)")
     p.add_argument("--device", choices=list(DEVICES), default="auto", help="default auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="the fast path's precision (auto: bf16 where the device computes it natively)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_bench)
 
@@ -461,17 +516,20 @@ def _setup_bench(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from datetime import date
 
-    from .bench import format_table, run_bench
-    from .device import device_description, select_device
+    from .bench import bench, format_report
+    from .device import select_device
 
     device = select_device(args.device)
-    rows = run_bench(device, steps=args.steps, batch_size=args.batch_size)
-    where = f"{device_description(device)}, {date.today().isoformat()}"
+    report = bench(device, steps=args.steps, batch_size=args.batch_size, precision=args.precision)
+    where = f"{report.plan.summary()}; {date.today().isoformat()}"
     if args.json:
-        _print_json({"device": where, "rows": [r.to_dict() for r in rows]})
-        return 0
-    print(f"seed network, batch {args.batch_size}, on {where}")
-    print(format_table(rows))
+        _print_json({"device": where, **report.to_dict()})
+    else:
+        print(f"seed network, batch {args.batch_size}, {where}")
+        print(format_report(report))
+    if not report.ok:
+        print("mnist-cnn: error: the fast path disagrees with the plain step", file=sys.stderr)
+        return 1
     return 0
     return 0
 
@@ -663,15 +721,23 @@ def _setup_predict(sub: argparse._SubParsersAction) -> None:
         help="also write the 28x28 picture the network saw for each file into DIR",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data root, to calibrate the not-a-digit check on first use "
+        "(default: $MNIST_CNN_DATA, else ~/.cache/mnist-cnn)",
+    )
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .digitness import optional_scorer
     from .predict import Failure, predict_files, save_preprocessed
 
-    model, classes, _ = _load_for_inspection(args.run, args.device)
+    model, classes, name = _load_for_inspection(args.run, args.device)
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
-    results = predict_files(model, args.images, classes=classes, invert=invert)
+    scorer = optional_scorer(args.run, model, data_dir=args.data_dir, dataset=name)
+    results = predict_files(model, args.images, classes=classes, invert=invert, scorer=scorer)
     if not results:
         raise MnistCnnError("no image files found in the given folder(s)")
     for r in results:
@@ -685,12 +751,85 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for r in results:
             if not isinstance(r, Failure):
                 top = ", ".join(f"{c} {p:.3f}" for c, p in r.top(args.top))
-                print(f"{r.source}: {r.label}  ({top})")
+                doubt = "  (not sure this is a digit)" if r.not_a_digit else ""
+                print(f"{r.source}: {r.label}  ({top}){doubt}")
     if args.save_preprocessed:
         written = save_preprocessed(results, args.save_preprocessed)
         if not args.json:
             print(f"wrote {len(written)} preprocessed picture(s) to {args.save_preprocessed}")
     return 1 if any(isinstance(r, Failure) for r in results) else 0
+
+
+def _setup_explain(sub: argparse._SubParsersAction) -> None:
+    from .explain import METHODS
+
+    p = sub.add_parser(
+        "explain",
+        help="what made the network say that: attribution maps for some digits",
+        description="Per image: the input, and for each method the attribution of the predicted "
+        "class (or --target) beside its overlay on the input. Red: evidence for the class, "
+        "blue: against. Methods: gradient x input, integrated gradients (from blank paper), "
+        "occlusion (a 5x5 patch slid over the image).",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
+    p.add_argument("images", metavar="IMAGE", nargs="*", help="your own picture(s)")
+    p.add_argument(
+        "--index", type=int, nargs="+", action="extend", metavar="N", help="dataset image(s)"
+    )
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--target", type=int, metavar="K", help="explain class K instead")
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        nargs="+",
+        action="extend",
+        help="methods to show (default: all three)",
+    )
+    p.add_argument("-o", "--out", metavar="OUT.png", default="explain.png", help="explain.png")
+    p.add_argument("--data-dir", metavar="DIR", help="data root (default: $MNIST_CNN_DATA)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import inspect as insp
+    from .datasets import load_dataset
+    from .explain import METHODS, explain_figure
+    from .plotting import save_figure
+    from .preprocess import ImageError, load_image, preprocess_image
+
+    if not args.index and not args.images:
+        raise MnistCnnError("nothing to explain: give IMAGE file(s) or --index N")
+    model, classes, name = _load_for_inspection(args.run, args.device)
+    digits = []
+    if args.index:
+        digits += insp.split_digits(load_dataset(name, args.data_dir).split(args.split), args.index)
+    for path in args.images:
+        try:
+            image = preprocess_image(load_image(path))
+        except ImageError as err:
+            text = str(err)
+            raise ImageError(text if text.startswith(path) else f"{path}: {text}") from None
+        digits.append(insp.Digit(image, Path(path).name))
+    fig, exps = explain_figure(
+        model,
+        np.stack([d.image for d in digits]),
+        [d.name for d in digits],
+        methods=args.method or METHODS,
+        target=args.target,
+        classes=classes,
+        labels=[d.label for d in digits],
+    )
+    out = save_figure(fig, args.out)
+    for i, d in enumerate(digits):
+        print(f"{insp.describe(d, exps[0].probabilities[i], classes)}; explained: "
+              f"{classes[int(exps[0].targets[i])]}")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
 
 
 # --------------------------------------------------------------------------- main
@@ -708,6 +847,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _setup_report,
     _setup_card,
     _setup_predict,
+    _setup_explain,
 ]
 
 

@@ -31,12 +31,17 @@ def select_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.split(":")[0] not in DEVICES:
-        raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or kind == "auto" and colon:
+        raise ConfigError(f"unknown device {name[:40]!r}: choose one of {', '.join(DEVICES)}")
+    if colon and not (index.isascii() and index.isdigit() and len(index) <= 3):
+        raise ConfigError(f"device {name[:40]!r}: the part after ':' must be a device number")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps asked for, but MPS is not available; use --device cpu")
+    if kind == "cuda" and colon and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
 
 
@@ -46,6 +51,43 @@ def device_description(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         return f"CPU ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    return device.type
+
+
+# The instruction-set features that decide how fast training runs on a CPU.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_model() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name and which of ``CPU_FLAGS`` it has (Linux; elsewhere the platform's)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), ()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return name, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            name = value.strip()
+        elif key.strip() == "flags":
+            have = set(value.split())
+            flags = tuple(f for f in CPU_FLAGS if f in have)
+            break
+    return name, flags
+
+
+def hardware_description(device: torch.device) -> str:
+    """The hardware a step runs on: the GPU's name, or the CPU's model and its vector flags."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    if device.type == "cpu":
+        name, flags = cpu_model()
+        # torch's kernels can be held below what the CPU offers (ATEN_CPU_CAPABILITY).
+        kernels = torch.backends.cpu.get_cpu_capability()
+        return f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {kernels})"
     return device.type
 
 

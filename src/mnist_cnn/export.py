@@ -30,6 +30,7 @@ OUTPUT_NAME = "logits"
 CHECK_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| logit difference accepted
 CHECK_BATCH_SIZES = (1, 3, 64)  # differ from the traced batch: proves the axis is dynamic
 TRACE_BATCH = 2
+MIN_OPSET = 18  # the opset the torch.export-based exporter's operators are written for
 
 
 class ExportError(MnistCnnError):
@@ -68,6 +69,7 @@ def export_onnx(
     PyTorch with onnxruntime before it replaces ``out``.
     """
     require_onnx()
+    check_opset(opset)
     model, _ = load_model(run, "cpu")  # eval mode: dropout off
     out = Path(out)
     example = torch.rand(TRACE_BATCH, 1, IMAGE_SIZE, IMAGE_SIZE)
@@ -96,11 +98,45 @@ def export_onnx(
                 )
             except Exception as err:
                 raise ExportError(f"ONNX export of {run} failed: {_gist(err)}") from None
+            _check_written_opset(tmp, opset)
             _check(model, tmp)
     finally:
         quiet.setLevel(level)
     log.info("exported %s to %s", run, out)
     return out
+
+
+def check_opset(opset: int | None) -> None:
+    """ExportError unless ``opset`` is one the exporter writes and the installed onnx knows.
+
+    The exporter's operators are written for opset ``MIN_OPSET``; asked for another, it converts,
+    and where it cannot it falls back to its own with a page of warnings. Refuse up front.
+    """
+    if opset is None:
+        return
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    if type(opset) is not int or not MIN_OPSET <= opset <= newest:
+        raise ExportError(
+            f"--opset {opset}: choose one from {MIN_OPSET} to {newest} "
+            f"(the installed onnx {onnx.__version__} knows up to {newest})"
+        )
+
+
+def _check_written_opset(path: Path, opset: int | None) -> None:
+    import onnx
+
+    if opset is None:
+        return
+    written = {
+        o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+    }
+    if written.get("", written.get("ai.onnx")) != opset:
+        raise ExportError(
+            f"the exporter wrote opset {written.get('', '?')}, not the asked-for {opset}; "
+            "not written"
+        )
 
 
 def _check(model: torch.nn.Module, path: Path) -> None:

@@ -35,15 +35,53 @@ class ModelConfig:
     dropout: float = 0.5  # probability of dropping (the seed's keep_prob 0.5)
     num_classes: int = NUM_CLASSES
 
+    def __post_init__(self) -> None:
+        # Checked here, before any layer is sized from these numbers: a checkpoint's metadata
+        # reaches this constructor, and hidden=250000 would otherwise allocate gigabytes.
+        for name, (low, high) in _INT_LIMITS.items():
+            value = getattr(self, name)
+            if type(value) is not int:  # bool is an int subclass: refused too
+                raise ConfigError(
+                    f"model setting {name} must be a whole number, got {_short(value)}"
+                )
+            if not low <= value <= high:
+                raise ConfigError(f"model setting {name} must lie in {low}..{high}, got {value}")
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size must be odd (SAME padding), got {self.kernel_size}")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must lie in [0, 1), got {_short(self.dropout)}")
+        if not isinstance(self.arch, str):
+            raise ConfigError(f"model setting arch must be a name, got {_short(self.arch)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"model settings must be a JSON object, got {_short(data)}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ConfigError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
+            names = ", ".join(_short(k, 40) for k in sorted(unknown)[:5])
+            raise ConfigError(f"unknown model setting(s): {names}")
         return cls(**data)
+
+
+# Generous bounds: 16× the seed's sizes. The largest network they admit (hidden 16,384 with
+# conv2 1,024) has 0.8 G parameters; anything larger is not a model of this project.
+_INT_LIMITS = {
+    "conv1_channels": (1, 512),
+    "conv2_channels": (1, 1024),
+    "kernel_size": (1, 27),
+    "hidden": (1, 16_384),
+    "num_classes": (2, 1_000),
+}
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about untrusted input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DeepMNIST(nn.Module):
@@ -141,10 +179,17 @@ class FastCNN(nn.Module):
             x = x.unsqueeze(1)
         acts: dict[str, torch.Tensor] = {}
         # Pooling before batch norm and ReLU: the per-element work runs on a quarter of the
-        # values. "conv1"/"conv2" are therefore the raw convolution outputs (before BN, ReLU).
-        h = acts["conv1"] = self.conv1(x)  # (N, c1, 28, 28)
+        # values. The raw convolution outputs are signed and unnormalised, so "conv1"/"conv2"
+        # are reported as what the next stage reads: the maps through the same batch norm and
+        # ReLU, at full resolution (computed only when asked for). Max-pooling them gives
+        # exactly "pool1"/"pool2" in every channel whose batch-norm scale is positive.
+        h = self.conv1(x)  # (N, c1, 28, 28)
+        if return_activations:
+            acts["conv1"] = F.relu(self.bn1(h))
         h = acts["pool1"] = F.relu(self.bn1(F.max_pool2d(h, 2)))  # (N, c1, 14, 14)
-        h = acts["conv2"] = self.conv2(h)  # (N, c2, 14, 14)
+        h = self.conv2(h)  # (N, c2, 14, 14)
+        if return_activations:
+            acts["conv2"] = F.relu(self.bn2(h))
         h = acts["pool2"] = F.relu(self.bn2(F.max_pool2d(h, 2)))  # (N, c2, 7, 7)
         h = acts["fc1"] = F.relu(self.bn3(self.fc1(h.flatten(1))))  # (N, hidden)
         h = F.dropout(h, self.config.dropout, self.training)

@@ -41,3 +41,23 @@ def photo_like(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = np.asarray(pil, dtype=np.float32) / 255.0
     img = img + rng.normal(0.0, rng.uniform(0.01, 0.05), size=img.shape).astype(np.float32)
     return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def tight_crop_like(
+    digit: np.ndarray, rng: np.random.Generator, *, blur: bool = False, noise: bool = False
+) -> np.ndarray:
+    """A 28×28 uint8 MNIST digit -> a "cell cut from a form": cropped to its ink, so the strokes
+    touch the image's edges, scaled up 3–8×, dark ink on white, optionally blurred and noisy."""
+    digit = np.asarray(digit, dtype=np.uint8)
+    rows = np.flatnonzero(digit.max(axis=1) > 0)
+    cols = np.flatnonzero(digit.max(axis=0) > 0)
+    crop = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = rng.uniform(3.0, 8.0)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    big = Image.fromarray(255 - crop).resize(size, Image.Resampling.BICUBIC)
+    if blur:
+        big = big.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.5, 1.2) * scale / 3))
+    img = np.asarray(big, dtype=np.float32) / 255.0
+    if noise:
+        img = img + rng.normal(0.0, rng.uniform(0.02, 0.06), size=img.shape).astype(np.float32)
+    return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)

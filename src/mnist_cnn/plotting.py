@@ -13,6 +13,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .errors import ConfigError
 from .fileio import atomic_path
 
 DPI = 100  # screen resolution; pictures are sized in inches so that text stays readable
@@ -35,7 +36,23 @@ def figure_png(fig: Figure, *, dpi: float | None = None) -> bytes:
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
     """Write the figure atomically (format from the suffix, parent folders created)."""
-    path = Path(path)
+    path = check_picture_path(fig, path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi or fig.dpi, facecolor="white")
+    return path
+
+
+def check_picture_path(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """``path`` as a picture to write, or ConfigError: a folder, or a format matplotlib lacks."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a file name, e.g. {path / 'picture.png'}")
+    kinds = fig.canvas.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        shown = f"'.{suffix}' is not a picture format" if suffix else "no picture format named"
+        raise ConfigError(
+            f"{path}: {shown}; end the name with one of "
+            + ", ".join(f".{k}" for k in ("png", "svg", "pdf", "jpg") if k in kinds)
+        )
     return path

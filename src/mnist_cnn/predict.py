@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from .datasets import to_float
+from .digitness import DigitScorer
 from .fileio import atomic_path
 from .preprocess import ImageError, load_image, preprocess_image
 
@@ -35,6 +36,8 @@ class Prediction:
     probabilities: np.ndarray  # (classes,) softmax
     image: np.ndarray  # (28, 28) uint8: what the network saw
     classes: tuple[str, ...]
+    digit_score: float | None = None  # how digit-like (mnist_cnn.digitness); None: not checked
+    not_a_digit: bool | None = None  # the score is below the run's threshold
 
     @property
     def digit(self) -> int:
@@ -57,6 +60,8 @@ class Prediction:
             "prediction": self.label,
             "probability": float(self.probabilities[self.digit]),
             "top": [{"class": c, "probability": p} for c, p in self.top(k)],
+            "digit_score": self.digit_score,
+            "not_a_digit": self.not_a_digit,
         }
 
 
@@ -110,15 +115,26 @@ def _classified(
     names: Sequence[str],
     arrays: Sequence[np.ndarray | Failure],
     classes: Sequence[str] | None,
+    scorer: DigitScorer | None = None,
 ) -> list[Prediction | Failure]:
     ready = [i for i, a in enumerate(arrays) if not isinstance(a, Failure)]
     results: list[Prediction | Failure] = list(arrays)  # type: ignore[arg-type]
     if ready:
-        probs = classify(model, np.stack([arrays[i] for i in ready]))
+        batch = np.stack([arrays[i] for i in ready])
+        probs = classify(model, batch)
         n = probs.shape[1]
         names_of = tuple(classes) if classes is not None else tuple(str(k) for k in range(n))
-        for i, p in zip(ready, probs, strict=True):
-            results[i] = Prediction(names[i], p, arrays[i], names_of)  # type: ignore[arg-type]
+        scores = scorer.scores(model, batch) if scorer is not None else [None] * len(ready)
+        for i, p, score in zip(ready, probs, scores, strict=True):
+            flag = None if score is None else bool(score < scorer.threshold)  # type: ignore[union-attr]
+            results[i] = Prediction(
+                names[i],
+                p,
+                arrays[i],  # type: ignore[arg-type]
+                names_of,
+                None if score is None else float(score),
+                flag,
+            )
     return results
 
 
@@ -129,6 +145,7 @@ def predict_images(
     names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     invert: bool | None = None,
+    scorer: DigitScorer | None = None,
 ) -> list[Prediction | Failure]:
     """Preprocess pictures (Pillow images or 2-D arrays) and classify them; one result each."""
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
@@ -138,7 +155,7 @@ def predict_images(
             arrays.append(preprocess_image(img, invert=invert))
         except ImageError as err:
             arrays.append(Failure(name, f"{name}: {err}"))
-    return _classified(model, names, arrays, classes)
+    return _classified(model, names, arrays, classes, scorer)
 
 
 def predict_files(
@@ -147,6 +164,7 @@ def predict_files(
     *,
     classes: Sequence[str] | None = None,
     invert: bool | None = None,
+    scorer: DigitScorer | None = None,
 ) -> list[Prediction | Failure]:
     """Classify image files (folders expand to their images); one result per file, in order.
 
@@ -161,7 +179,7 @@ def predict_files(
         except ImageError as err:
             message = str(err)
             arrays.append(Failure(name, message if message.startswith(name) else f"{name}: {err}"))
-    return _classified(model, names, arrays, classes)
+    return _classified(model, names, arrays, classes, scorer)
 
 
 def save_preprocessed(

@@ -5,7 +5,8 @@ kept, then placed in a 28×28 field so that their centre of mass sits at the cen
 or a scan is dark ink on light paper, off centre, at any size; :func:`preprocess_image` maps one
 to the other:
 
-1. grayscale (transparent areas become paper-white);
+1. upright (EXIF orientation), grayscale at any bit depth (transparent areas become
+   background, so that ink on a transparent sheet stays ink);
 2. invert when the background is light, so ink is bright;
 3. subtract the background level and stretch the ink to full range;
 4. crop to the ink's bounding box;
@@ -16,11 +17,13 @@ to the other:
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .datasets import IMAGE_SIZE
 from .errors import MnistCnnError
@@ -28,12 +31,19 @@ from .errors import MnistCnnError
 FIT_SIZE = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger than any sensible photo of one digit
 MAX_PIXELS = 40_000_000  # refuse decompression bombs well before Pillow's own limit
+# Larger pictures are shrunk (by whole-pixel box averaging) before any float work: the digit ends
+# as 20×20, and at 1 MP the float arrays of preprocessing stay under ~100 MB.
+WORK_PIXELS = 1_000_000
+WORK_SIDE = 2_048  # ... and neither side longer than this (a 1 × 16 M strip is not 16 MP of work)
 INK_THRESHOLD = 0.2  # fraction of the ink's peak above which a (blurred) pixel counts when cropping
 NOISE_SIGMAS = 5.0  # ... and it must stand out from the paper by this many noise deviations
 NOISE_FLOOR_SIGMAS = 2.0  # paper up to this many noise deviations above its level is paper
 STRONG_PERCENTILE = 95  # this percentile of the ink pixels becomes full white (as MNIST's strokes)
 MIN_CONTRAST = 0.1  # ink fainter than 10% of full range: a blank page
 CENTRE = 14.0  # MNIST's centres of mass sit at pixel (14, 14) on average (row, column)
+PAPER_BINS = 32  # histogram of the frame's darker half, to find the paper's level
+PAPER_WINDOW = 0.1  # pixels this close (as a share of the frame's range) seed the paper's fit
+PAPER_FLOOR = 0.01  # paper within this of its plane is paper, however clean (8-bit steps)
 RESAMPLE = Image.Resampling.BOX  # area averaging, as a camera's pixels (no ringing)
 
 
@@ -41,38 +51,108 @@ class ImageError(MnistCnnError):
     """An image that cannot be read or holds no digit."""
 
 
+def _reduction(width: int, height: int) -> int:
+    """The whole factor that brings a picture within WORK_PIXELS and WORK_SIDE (1: none)."""
+    by_area = math.ceil(math.sqrt(width * height / WORK_PIXELS))
+    return max(1, by_area, math.ceil(max(width, height) / WORK_SIDE))
+
+
+def shrink_for_work(image: Image.Image) -> Image.Image:
+    """``image`` box-averaged by a whole factor to at most WORK_PIXELS (itself if small enough).
+
+    Transparency is averaged premultiplied, so transparent pixels' hidden colour never bleeds
+    into the ink.
+    """
+    factor = _reduction(image.width, image.height)
+    if factor == 1:
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return image.convert("RGBa").reduce(factor).convert("RGBA")
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # keep 16 bits; reduce() takes 32-bit integers
+    if image.mode not in ("L", "RGB", "I", "F", "CMYK"):
+        image = image.convert("L")
+    return image.reduce(factor)
+
+
 def _from_pil(image: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 (H, W) gray in [0, 1], bit depth and transparency respected."""
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(f"image is {image.width}×{image.height} pixels; too large for one digit")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas are paper: composite onto white before going gray.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
+    image = shrink_for_work(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
+        return _composite(np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0)
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return _deep_gray(image)
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
-    """Open an image file (or bytes), with clear errors for non-images, empty and huge files."""
+def _composite(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) in [0, 1] -> gray: transparent areas become a background that the visible
+    strokes stand out from. Ink on a transparent sheet is ink whatever its colour: light strokes
+    (white ink) go on black, dark ones on white (``alpha`` weighs each pixel's say)."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # as Pillow's "L"
+    weight = float(alpha.sum())
+    light = weight > 0 and float((gray * alpha).sum()) / weight > 0.5
+    background = 0.0 if light else 1.0
+    return (alpha * gray + (1.0 - alpha) * background).astype(np.float32)
+
+
+def _deep_gray(image: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit integer and float images -> [0, 1], not clipped to 8 bits: 16-bit by
+    65535; floats already in [0, 1] as they are, in [0, 255] by 255; anything else by its
+    extent."""
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim != 2:
+        arr = np.asarray(image.convert("F"), dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ImageError("image holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if image.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        return arr.astype(np.float32)
+    if image.mode.startswith("I;16"):
+        return (arr / 65535.0).astype(np.float32)
+    if image.mode == "I" and lo >= 0.0 and hi <= 65535.0:  # Pillow's mode for 16-bit PNGs too
+        return (arr / (65535.0 if hi > 255.0 else 255.0)).astype(np.float32)
+    if lo >= 0.0 and hi <= 255.0:
+        return (arr / 255.0).astype(np.float32)
+    return ((arr - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """Open an image file (or bytes), with clear errors for non-images, empty and huge files.
+
+    A picture of more than ``max_pixels`` is refused from its header, before it is decoded; a
+    large one comes back shrunk to about WORK_PIXELS (JPEGs are decoded at reduced scale) and
+    turned upright by its EXIF orientation.
+    """
     if isinstance(source, bytes):
         data, name = source, "image"
     else:
         path = Path(source)
         name = str(path)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             raise ImageError(f"{name}: no such file") from None
         except OSError as err:
             raise ImageError(f"{name}: cannot read ({err.strerror})") from None
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError(f"{name}: is a folder, not an image")
-        if size > MAX_FILE_BYTES:
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end
+            raise ImageError(f"{name}: not a regular file (a pipe or a device?)")
+        if st.st_size > MAX_FILE_BYTES:
             raise ImageError(
-                f"{name}: {size / 2**20:.0f} MiB is too large for a picture of a digit"
+                f"{name}: {st.st_size / 2**20:.0f} MiB is too large for a picture of a digit"
             )
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:  # bounded: the file may grow after the stat
+                data = fh.read(MAX_FILE_BYTES + 1)
         except OSError as err:
             raise ImageError(f"{name}: cannot read ({err.strerror})") from None
     if not data:
@@ -83,12 +163,19 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
         )
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
+            if img.width * img.height > max_pixels:
                 raise ImageError(
                     f"{name}: {img.width}×{img.height} pixels is too large for a picture of a digit"
+                    f" (at most {max_pixels / 1e6:g} megapixels)"
                 )
+            factor = _reduction(img.width, img.height)
+            if factor > 1 and img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale
+                img.draft(img.mode, (-(-img.width // factor), -(-img.height // factor)))
             img.load()
-            return img.copy()
+            # A phone stores its photo sideways with an EXIF note on how to turn it upright
+            # (a copy either way, detached from the file).
+            upright = ImageOps.exif_transpose(img)
+            return shrink_for_work(upright)
     except UnidentifiedImageError:
         raise ImageError(
             f"{name}: not an image Pillow can read (PNG, JPEG, BMP, GIF, ...)"
@@ -118,6 +205,11 @@ def preprocess_image(image: Image.Image | np.ndarray, *, invert: bool | None = N
             gray = gray / 255.0
         if gray.min() < 0 or gray.max() > 1:
             raise ImageError("image values must lie in 0–255 (uint8) or 0–1 (float)")
+        factor = _reduction(gray.shape[1], gray.shape[0])
+        if factor > 1:
+            gray = np.asarray(
+                Image.fromarray(np.ascontiguousarray(gray)).reduce(factor), dtype=np.float32
+            )
 
     return _mnist_like(gray, invert)
 
@@ -143,26 +235,47 @@ def _border(a: np.ndarray, width: int) -> np.ndarray:
     return mask
 
 
-def _paper_level(gray: np.ndarray, frame: np.ndarray) -> np.ndarray:
-    """The paper's brightness everywhere: a plane fitted to the frame, so that uneven light
-    (one side of a photo brighter than the other) is not mistaken for ink."""
+def _paper_level(gray: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's brightness everywhere, and which frame pixels are paper.
+
+    A plane is fitted to the frame, so that uneven light (one side of a photo brighter than the
+    other) is not mistaken for ink. Ink may cover much of the frame (a tight crop, a cell cut
+    from a form), so the paper is not the frame's median: it is the most common level in the
+    darker half of the frame's range (the ink is the brighter side here, inverted if need be).
+    The plane is fitted to the pixels near that level, then refitted on those within 3 noise
+    deviations of the plane (plus a floor for 8-bit steps and clipped highlights).
+    Returns the level (H, W) and a mask over ``gray[frame]`` of the pixels taken as paper.
+    """
     h, w = gray.shape
     ys, xs = np.nonzero(frame)
     values = gray[frame]
-    keep = np.ones(values.shape, dtype=bool)
-    coef = np.array([0.0, 0.0, float(np.median(values))])
-    if min(h, w) >= 8:
-        design = np.stack([ys / h, xs / w, np.ones_like(values)], axis=1)
-        for _ in range(3):  # refit without the pixels that look like ink touching the edge
-            coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-            resid = values - design @ coef
-            spread = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1e-3
-            keep = np.abs(resid) < 3 * spread
-            if keep.sum() < 0.5 * len(values):
-                coef = np.array([0.0, 0.0, float(np.median(values))])
-                break
+    design = np.stack([ys / h, xs / w, np.ones_like(values)], axis=1)
+    lo, hi = float(values.min()), float(values.max())
+    span = max(hi - lo, 1e-6)
+    counts, edges = np.histogram(values, bins=PAPER_BINS, range=(lo, lo + span / 2))
+    counts = np.convolve(counts, [1, 2, 1], mode="same")  # one noisy bin is no peak
+    peak = int(np.argmax(counts))
+    level = float(edges[peak] + edges[peak + 1]) / 2
+    near = np.abs(values - level) < PAPER_WINDOW * span
+    coef = np.array([0.0, 0.0, float(np.median(values[near]))])
+    sigma = _robust_sigma(values[near])
+    keep = near
+    for _ in range(3):
+        keep = np.abs(values - design @ coef) < 3 * sigma + PAPER_FLOOR
+        if min(h, w) < 8 or keep.sum() < 0.1 * len(values):
+            break  # too little to fit a tilt: a flat level it is
+        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        sigma = _robust_sigma((values - design @ coef)[keep])
     yy, xx = np.mgrid[0:h, 0:w]
-    return (coef[0] * yy / h + coef[1] * xx / w + coef[2]).astype(np.float32)
+    level = (coef[0] * yy / h + coef[1] * xx / w + coef[2]).astype(np.float32)
+    return level, keep
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    """The standard deviation of Gaussian noise, estimated from the median absolute deviation."""
+    if values.size == 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def _mnist_like(gray: np.ndarray, invert: bool | None) -> np.ndarray:
@@ -174,15 +287,15 @@ def _mnist_like(gray: np.ndarray, invert: bool | None) -> np.ndarray:
     if invert:
         gray = 1.0 - gray
 
-    ink = gray - _paper_level(gray, frame)
-    # Sensor noise, measured on the frame (robustly: the median absolute deviation).
-    noise = 1.4826 * float(np.median(np.abs(ink[frame] - np.median(ink[frame]))))
+    level, paper = _paper_level(gray, frame)
+    ink = gray - level
+    # Sensor noise, measured on the frame's paper (ink touching the edge is left out).
+    noise = _robust_sigma(ink[frame][paper])
     # Where the ink is: judged on a blurred copy, so that single noisy pixels (or dust) far from
     # the digit do not stretch the crop and shrink the digit.
     radius = max(1, min(h, w) // 100)
     smooth = _box_blur(ink, radius)
-    s_frame = smooth[frame]
-    s_noise = 1.4826 * float(np.median(np.abs(s_frame - np.median(s_frame))))
+    s_noise = _robust_sigma(smooth[frame][paper])
     peak = float(np.percentile(smooth, 99.9)) if smooth.size > 1000 else float(smooth.max())
     if peak < max(MIN_CONTRAST, NOISE_SIGMAS * s_noise):
         raise ImageError("no digit found: the image is blank (or has almost no contrast)")

@@ -20,6 +20,7 @@ from .checkpoint import load_model
 from .datasets import load_dataset
 from .device import device_description, select_device
 from .errors import CheckpointError
+from .explain import mistake_explanations as explain_mistakes
 from .fileio import atomic_write_bytes
 from .plotting import figure_png
 from .rundir import RunDir, run_classes
@@ -54,6 +55,21 @@ def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
         out.append((prefix, json.dumps(obj) if not isinstance(obj, str) else obj))
+
+
+PLAN_KEYS = ("precision", "requested", "plain", "channels_last", "fused_adam", "cuda_graph")
+PLAN_KEYS += ("device", "hardware", "bf16", "threads")
+
+
+def _plan_rows(plan: Any) -> list[tuple[str, str]]:
+    """How the run's training step was computed (config.json's "plan"), key by key."""
+    if not isinstance(plan, dict):
+        return []
+    rows: list[tuple[str, str]] = []
+    for key in PLAN_KEYS:
+        if key in plan:
+            _flatten(key, plan[key], rows)
+    return rows
 
 
 def build_report(
@@ -142,12 +158,19 @@ def build_report(
         mistakes_picture=_img(
             figure_png(insp.plot_mistakes(worst, test.images.numpy(), classes)), "mistakes"
         ),
+        # What made it say that: the wrong answer's evidence beside the true class's.
+        mistakes_why=_img(
+            figure_png(explain_mistakes(model, test.images.numpy(), worst, classes)), "why"
+        )
+        if worst
+        else None,
         feature_classes=[classes[c] for c in wanted],
         feature_maps=feature_maps,
         filters=_img(
             figure_png(insp.plot_filters(insp.filters(model, "conv1"), "conv1")), "filters"
         ),
         settings=settings,
+        plan=_plan_rows(config.get("plan") if isinstance(config, dict) else None),
     )
 
 

@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
 from .checkpoint import load_model, model_file
 from .datasets import IMAGE_SIZE, load_dataset
 from .device import device_description, select_device
+from .digitness import DigitScorer, optional_scorer
 from .errors import ConfigError, MnistCnnError
+from .explain import explain as explain_images
 from .preprocess import ImageError, load_image, preprocess_image
 from .rundir import run_classes, run_test_accuracy
 
@@ -56,6 +60,14 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a drawn digit's PNG is a few KiB; 8 MiB admi
 # Seconds an idle keep-alive connection stays open. uvicorn's 5 s default closes connections that
 # a busy client is about to reuse, and the request on them fails (seen under load on loopback).
 KEEP_ALIVE_S = 30
+# Memory bound: a picture may decode to at most SERVER_MAX_PIXELS (16 MP: 64 MB as RGBA) and is
+# shrunk to about 1 MP before any float work; at most DECODE_SLOTS bodies are decoded (images)
+# or parsed (JSON arrays) at once. Measured by benchmarks/serve_memory.py (docs/reliability.md).
+SERVER_MAX_PIXELS = 16_000_000
+DECODE_SLOTS = 2
+MAX_ERROR_CHARS = 1_000  # an error's message is cut to this: error bodies stay well under 4 KB
+# Host names the server answers to (a DNS-rebinding guard); ``--host`` adds its own.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAP_LAYERS = ("conv1", "conv2")  # the feature maps the page shows: (32, 28, 28) and (64, 14, 14)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {  # URL name -> media type; the only files the app ever sends
@@ -151,20 +163,75 @@ def array_to_image(
     return (arr * 255).round().astype(np.uint8)
 
 
+def cut_message(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """One line of at most ``limit`` characters: errors never echo a client's body back."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_array_request(raw: bytes) -> tuple[ArrayRequest, np.ndarray]:
+    """A ``/api/predict/array`` body -> (its options, the image as float64 (H, W)).
+
+    Blocking and memory-hungry for big bodies (the caller runs it on a worker thread, in a
+    decode slot). The image is converted by numpy in one pass, which fails fast on strings or
+    ragged rows instead of collecting one validation error per element; the other fields go
+    through the pydantic model. Raises ImageError with a short message.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8 (a PNG), not JSON, nested too deep
+        raise ImageError('request body is not JSON; send {"image": [[...], ...]}') from None
+    if not isinstance(data, dict) or "image" not in data:
+        raise ImageError('request body must be a JSON object with an "image" field')
+    values = data.pop("image")
+    if not isinstance(values, list) or not all(isinstance(row, list) for row in values):
+        raise ImageError("image must be a 2-D array of numbers (a list of equal-length rows)")
+    try:
+        options = ArrayRequest.model_validate({**data, "image": []})
+    except ValidationError as err:
+        raise ImageError(cut_message(_validation_summary(err.errors()))) from None
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise ImageError(
+            "image must be a 2-D array of numbers (a list of equal-length rows)"
+        ) from None
+    return options, arr
+
+
+def _validation_summary(errors: Sequence[Any]) -> str:
+    """'where: what' for the first few validation errors, without the values that failed."""
+    parts = []
+    for e in list(errors)[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+    more = len(errors) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
 # --------------------------------------------------------------------------- the network
 
 
 class Predictor:
     """Runs one network on a single worker thread: one image at a time, off the event loop."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, scorer: DigitScorer | None = None
+    ) -> None:
         self.model = model
         self.device = device
+        self.scorer = scorer
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
-    def predict(self, image: np.ndarray, activations: bool = False) -> dict[str, Any]:
-        """The network's answer for one 28×28 uint8 image (white ink on black); blocking."""
+    def predict(
+        self, image: np.ndarray, activations: bool = False, explain: bool = False
+    ) -> dict[str, Any]:
+        """The network's answer for one 28×28 uint8 image (white ink on black); blocking.
+
+        ``explain``: also the integrated-gradients attribution of the predicted class (one
+        image, ``IG_STEPS`` network inputs in one pass: bounded memory).
+        """
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).to(self.device)
         x = x.to(torch.float32).div_(255).view(1, 1, IMAGE_SIZE, IMAGE_SIZE)
         with torch.inference_mode():
@@ -178,16 +245,25 @@ class Predictor:
         }
         if maps is not None:
             result["activations"] = {name: encode_maps(m) for name, m in maps.items()}
+        if self.scorer is not None:
+            score = float(self.scorer.scores(self.model, image[None])[0])
+            result["digit_score"] = float(f"{score:.6g}")
+            result["not_a_digit"] = bool(score < self.scorer.threshold)
+        if explain:
+            e = explain_images(self.model, image[None], "integrated-gradients")
+            result["attribution"] = encode_maps(torch.from_numpy(e.attributions))
         return result
 
-    async def predict_async(self, image: np.ndarray, activations: bool = False) -> dict[str, Any]:
+    async def predict_async(
+        self, image: np.ndarray, activations: bool = False, explain: bool = False
+    ) -> dict[str, Any]:
         """:meth:`predict` on the worker thread, awaited without blocking the event loop."""
         with self._executor_lock:
             if self._executor is None:  # first use, or used again after close()
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="mnist-cnn-model")
             executor = self._executor
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self.predict, image, activations)
+        return await loop.run_in_executor(executor, self.predict, image, activations, explain)
 
     def close(self) -> None:
         """Stop the worker thread (after the request it is running, if any)."""
@@ -264,6 +340,45 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+class HostCheckMiddleware:
+    """400 for a request whose Host header names none of ``allowed`` (``"*"``: any).
+
+    A web page elsewhere can point a DNS name of its own at 127.0.0.1 and drive a local server
+    from the user's browser (DNS rebinding); its requests then carry that name as their Host.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.lower() for h in allowed)
+
+    @staticmethod
+    def host_name(header: str) -> str:
+        """The name in a Host header, without its port ('[::1]:8000' -> '[::1]')."""
+        header = header.strip().lower()
+        if header.startswith("["):
+            return header[: header.find("]") + 1]
+        return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket") or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"host", b"")
+        if self.host_name(raw.decode("latin-1")) in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "detail": "this server answers only to Host "
+                + ", ".join(sorted(self.allowed))[:500]
+                + " (start it with --allow-host NAME to add one)"
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -292,6 +407,19 @@ class Prediction(BaseModel):
     activations: dict[str, EncodedMaps] | None = Field(
         None, description="conv1 (32×28×28) and conv2 (64×14×14), when asked for"
     )
+    digit_score: float | None = Field(
+        None, description="how digit-like the input is (higher: more; see not_a_digit)"
+    )
+    not_a_digit: bool | None = Field(
+        None,
+        description="true: not sure this is a digit (the score is below the run's "
+        "threshold, which flags about 1.5% of real validation digits)",
+    )
+    attribution: EncodedMaps | None = Field(
+        None,
+        description="what made it say this, when asked for (explain=true): integrated "
+        "gradients of the predicted class, 1×28×28, signed (positive: evidence for it)",
+    )
 
 
 class LabelledPrediction(Prediction):
@@ -318,6 +446,7 @@ class ArrayRequest(BaseModel):
         "preprocessing; otherwise false)",
     )
     activations: bool = Field(False, description="also return conv1 and conv2 feature maps")
+    explain: bool = Field(False, description="also return the attribution of the prediction")
 
 
 @dataclass(frozen=True)
@@ -344,12 +473,17 @@ def create_app(
     device: str = "cpu",
     max_body_bytes: int = MAX_BODY_BYTES,
     test_digits: DigitSet | None = None,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    digit_check: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving the draw-a-digit page and the JSON API for RUN.
 
     The model loads now, so a bad run raises CheckpointError here, before anything listens.
     Test digits come from the run's dataset in ``data_dir`` (or ``test_digits``); without them
-    the page still works and only the random-test-digit button is unavailable.
+    the page still works and only the random-test-digit button is unavailable. Requests whose
+    Host header names none of ``allowed_hosts`` get 400 (a web page elsewhere cannot reach the
+    server through DNS rebinding); ``"*"`` allows any. ``digit_check``: answer ``not_a_digit``
+    too (the run's stored check, calibrated on its dataset on first use).
     """
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
@@ -365,9 +499,24 @@ def create_app(
         accuracy = None
     if test_digits is None:
         test_digits = _load_test_digits(dataset, data_dir)
-    predictor = Predictor(model, torch_device)
+    # The not-a-digit check (calibrated on the run's dataset on first use; see digitness.py).
+    scorer = (
+        optional_scorer(path, model, data_dir=data_dir, dataset=dataset) if digit_check else None
+    )
+    predictor = Predictor(model, torch_device, scorer)
     rng = np.random.default_rng()
     rng_lock = threading.Lock()
+    # Bounds the memory of decoding: each slot holds at most one body's decoded picture or
+    # parsed array. Created lazily, inside the server's event loop.
+    decode_slots: list[asyncio.Semaphore] = []
+
+    @contextlib.asynccontextmanager
+    async def decode_slot() -> AsyncIterator[None]:
+        if not decode_slots:
+            decode_slots.append(asyncio.Semaphore(DECODE_SLOTS))
+        async with decode_slots[0]:
+            yield
+
     static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
     run_name = path.parent.name if path.name == "model.safetensors" else path.name
     info = {
@@ -379,6 +528,7 @@ def create_app(
         "device": device_description(torch_device),
         "test_digits": 0 if test_digits is None else int(len(test_digits.labels)),
         "max_body_bytes": max_body_bytes,
+        "digit_check": scorer is not None,
     }
 
     @contextlib.asynccontextmanager
@@ -479,17 +629,21 @@ def create_app(
         invert: bool | None = Query(
             None, description="ink is dark on light (default: decide from the border)"
         ),
+        explain: bool = Query(False, description="also return what made it say this"),
     ) -> Any:
         data = await _image_bytes(request)
-        try:
-            picture = await asyncio.to_thread(load_image, data)
-        except ImageError as err:
-            raise HTTPException(400, _upload_message(err)) from None
-        try:
-            image = await asyncio.to_thread(preprocess_image, picture, invert=invert)
-        except ImageError as err:
-            raise HTTPException(422, str(err)) from None
-        return await predictor.predict_async(image, activations)
+        async with decode_slot():
+            try:
+                picture = await asyncio.to_thread(load_image, data, max_pixels=SERVER_MAX_PIXELS)
+            except ImageError as err:
+                raise HTTPException(400, _upload_message(err)) from None
+            del data
+            try:
+                image = await asyncio.to_thread(preprocess_image, picture, invert=invert)
+            except ImageError as err:
+                raise HTTPException(422, str(err)) from None
+            del picture
+        return await predictor.predict_async(image, activations, explain)
 
     @app.post(
         "/api/predict/array",
@@ -497,15 +651,28 @@ def create_app(
         response_model=Prediction,
         response_model_exclude_none=True,
         responses=array_errors,
+        # The body is parsed by parse_array_request off the event loop (a big array of strings
+        # would otherwise be validated on it, element by element); the schema is the same.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ArrayRequest.model_json_schema()}},
+            }
+        },
     )
-    async def api_predict_array(body: ArrayRequest) -> Any:
-        try:
-            image = await asyncio.to_thread(
-                array_to_image, body.image, preprocess=body.preprocess, invert=body.invert
-            )
-        except ImageError as err:
-            raise HTTPException(422, str(err)) from None
-        return await predictor.predict_async(image, body.activations)
+    async def api_predict_array(request: Request) -> Any:
+        raw = await request.body()
+        async with decode_slot():
+            try:
+                body, values = await asyncio.to_thread(parse_array_request, raw)
+                del raw
+                image = await asyncio.to_thread(
+                    array_to_image, values, preprocess=body.preprocess, invert=body.invert
+                )
+            except ImageError as err:
+                raise HTTPException(422, cut_message(str(err))) from None
+            del values
+        return await predictor.predict_async(image, body.activations, body.explain)
 
     @app.get(
         "/api/random-test-digit",
@@ -520,6 +687,7 @@ def create_app(
     async def api_random_test_digit(
         activations: bool = Query(False, description="also return conv1 and conv2 feature maps"),
         index: int | None = Query(None, description="a given test digit instead of a random one"),
+        explain: bool = Query(False, description="also return what made it say this"),
     ) -> Any:
         if test_digits is None:
             raise HTTPException(
@@ -533,7 +701,7 @@ def create_app(
                 index = int(rng.integers(n))
         elif not 0 <= index < n:
             raise HTTPException(422, f"index must lie in 0–{n - 1}, got {index}")
-        result = await predictor.predict_async(test_digits.images[index], activations)
+        result = await predictor.predict_async(test_digits.images[index], activations, explain)
         label = int(test_digits.labels[index])
         return {**result, "index": index, "label": label, "correct": result["prediction"] == label}
 
@@ -552,10 +720,29 @@ def create_app(
 
     @app.exception_handler(MnistCnnError)
     async def mnist_cnn_error(request: Request, err: MnistCnnError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
+        return JSONResponse({"detail": cut_message(str(err))}, status_code=422)
 
-    # Added last, so it runs first: nothing reads a body before the limit is checked.
+    # Error bodies are one short line: never the client's input echoed back, never a traceback.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        detail = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
+        return JSONResponse(
+            {"detail": cut_message(detail)}, status_code=err.status_code, headers=err.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": cut_message(_validation_summary(err.errors()))}, 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s", request.url.path)
+        return JSONResponse({"detail": "internal error; see the server's log"}, 500)
+
+    # Added last, so they run first: the Host is checked, then the body's size, before anything
+    # reads a body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts)
     return app
 
 
@@ -576,6 +763,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts_for(host: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Host names a server listening on ``host`` answers to: the loopback names, ``host``
+    itself and ``extra``; for a wildcard address (0.0.0.0, ::) also this machine's names and
+    addresses, since other machines reach it by those."""
+    names = list(LOOPBACK_HOSTS)
+    candidates = [host, *extra]
+    if host in ("0.0.0.0", "::", ""):
+        candidates += [socket.gethostname(), socket.getfqdn()]
+        with contextlib.suppress(OSError):
+            candidates += [i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None)]
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # UDP: no packet is sent; picks the outward address
+            candidates.append(s.getsockname()[0])
+    for name in candidates:
+        name = name.strip().lower()
+        if ":" in name and not name.startswith("["):  # an IPv6 address, as browsers write it too
+            names.append(f"[{name}]")
+        if name and name not in ("0.0.0.0", "::"):
+            names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def bind_socket(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> socket.socket:
@@ -614,11 +823,22 @@ def serve(
     device: str = "cpu",
     max_body_bytes: int = MAX_BODY_BYTES,
     on_ready: Callable[[str], None] | None = None,
+    allow_hosts: Sequence[str] = (),
 ) -> None:
-    """Serve RUN's page and API until interrupted; ``on_ready(url)`` once it listens."""
+    """Serve RUN's page and API until interrupted; ``on_ready(url)`` once it listens.
+
+    Requests must name ``host`` (or a loopback name, or one of ``allow_hosts``) in their Host
+    header; see :func:`allowed_hosts_for`.
+    """
     import uvicorn
 
-    app = create_app(run, data_dir=data_dir, device=device, max_body_bytes=max_body_bytes)
+    app = create_app(
+        run,
+        data_dir=data_dir,
+        device=device,
+        max_body_bytes=max_body_bytes,
+        allowed_hosts=allowed_hosts_for(host, allow_hosts),
+    )
     sock = bind_socket(host, port)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=KEEP_ALIVE_S

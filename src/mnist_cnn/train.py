@@ -29,22 +29,24 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, tblog
+from .batches import BatchSource
 from .checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
 from .datasets import MNISTLike, load_dataset
 from .device import device_description, synchronize
 from .errors import CheckpointError, ConfigError, MnistCnnError
 from .evaluate import EvalResult
-from .fast import (
+from .model import ModelConfig, build_model, count_parameters
+from .rundir import CONFIG_FILE, MAX_SEED, RunDir, RunState, short
+from .step import (
     PRECISIONS,
     SCHEDULES,
-    BatchSource,
-    build_train_step,
+    StepPlan,
+    build_step,
     lr_schedule,
-    make_adam,
+    make_optimizer,
     prepare_model,
+    resolve_plan,
 )
-from .model import ModelConfig, build_model, count_parameters, loss_fn
-from .rundir import CONFIG_FILE, MAX_SEED, RunDir, RunState, short
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class TrainConfig:
     eval_batch_size: int = 100
     full_train: bool = False  # train on all 60,000 (validation is then not held out)
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard extra)
-    fast: bool = True  # the fast step (fast.py): same recipe, less overhead; False: plain eager
+    fast: bool = True  # the fast step (step.py): same recipe, less overhead; False: plain eager
     precision: str = "auto"  # auto: bf16 autocast where the device computes it natively, else fp32
     schedule: str = "constant"  # learning rate: constant, or onecycle (warm-up, cosine down)
     shift: int = 0  # augmentation: move each training image by up to ±shift pixels
@@ -191,38 +193,32 @@ class TrainingInterrupted(MnistCnnError):
     """Ctrl-C: a checkpoint was written; the run can be resumed."""
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The shuffled order of epoch ``epoch``: a pure function of (seed, epoch)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)
+def plan_for(config: TrainConfig, device: torch.device, *, distributed: bool = False) -> StepPlan:
+    """The step plan of a run: checked before anything is written."""
+    return resolve_plan(
+        device,
+        config.precision,
+        plain=not config.fast,
+        # A CUDA graph cannot hold DDP's collectives, nor see a learning-rate schedule.
+        graph=not distributed and config.schedule == "constant",
+    )
 
 
-def batch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Tensor:
-    """Indices of the training batch at ``step`` (each epoch drops its last partial batch)."""
-    per_epoch = n // batch_size
-    epoch, pos = divmod(step, per_epoch)
-    return epoch_order(seed, epoch, n)[pos * batch_size : (pos + 1) * batch_size]
+def _announce(
+    on_log: Callable[[dict[str, Any]], None] | None, plan: StepPlan
+) -> Callable[[dict[str, Any]], None] | None:
+    """``on_log`` whose first record also carries the plan's summary, for the first log line."""
+    if on_log is None:
+        return None
+    told = [False]
 
+    def first_with_plan(rec: dict[str, Any]) -> None:
+        if not told[0]:
+            told[0] = True
+            rec = {**rec, "plan": plan.summary()}
+        on_log(rec)
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The seed's Adam (its fused kernel on the fast path)."""
-    device = next(model.parameters()).device
-    return make_adam(model.parameters(), config.lr, device, fast=config.fast)
-
-
-def make_train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One optimisation step on a float batch; returns the (detached) loss."""
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
+    return first_with_plan
 
 
 def default_run_dir() -> Path:
@@ -487,6 +483,8 @@ def _run(
     if config.tensorboard:
         tblog.require_tensorboard()  # before anything is written
     device = par.device(config.device)
+    plan = plan_for(config, device, distributed=par.is_distributed)  # refused before any write
+    on_log = _announce(on_log, plan)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, full_train=config.full_train)
     n_train = len(data.train)
@@ -496,22 +494,19 @@ def _run(
         _check_same_data(saved, data, run)
 
     torch.manual_seed(config.seed)
-    model = prepare_model(build_model(config.model), device, fast=config.fast)
-    optimizer = make_optimizer(model, config)
+    model = prepare_model(build_model(config.model), plan)
+    optimizer = make_optimizer(model.parameters(), config.lr, plan)
     start = restore(run, model, optimizer, config) if saved is not None else Tally()
     if par.is_main:
-        _prepare_files(run, config, saved, start, model, data, device, par)
+        _prepare_files(run, config, saved, start, model, data, device, par, plan)
 
     # The whole training split lives on the device as uint8 (43 MB); batches are gathered there.
     train_x = data.train.images.to(device)
     train_y = data.train.labels.to(device)
-    step_fn = build_train_step(
+    step_fn = build_step(
         par.wrap(model, device),
         optimizer,
-        device,
-        fast=config.fast,
-        graphs=not par.is_distributed,  # a CUDA graph cannot hold DDP's collectives
-        precision=config.precision,
+        plan,
         lr=lr_schedule(config.schedule, config.steps, config.lr),
         start_step=start.step,
     )
@@ -520,9 +515,8 @@ def _run(
         train_y,
         seed=config.seed,
         batch_size=config.batch_size,
-        order=epoch_order,
         shift=config.shift,
-        channels_last=config.fast and device.type == "cpu",
+        channels_last=plan.channels_last,
     )
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -604,6 +598,7 @@ def _prepare_files(
     data: MNISTLike,
     device: torch.device,
     par: distributed.Parallel,
+    plan: StepPlan,
 ) -> None:
     """Rank 0 writes config.json (new run, or settings changed by resume) and trims metrics."""
     if saved is None:
@@ -617,6 +612,7 @@ def _prepare_files(
                 "test": len(data.test),
             },
             "environment": environment_info(device),
+            "plan": plan.to_dict(),
             "distributed": par.describe(),
         }
         run.write_config(saved)

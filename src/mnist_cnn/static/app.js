@@ -240,8 +240,8 @@ async function predictDrawing() {
   pending = false;
   try {
     const started = performance.now();
-    const body = await backend.predict(pad);
-    if (mode !== "draw") return; // a test digit arrived meanwhile
+    const body = await backend.predict(pad, explainParams());
+    if (mode !== "draw" || !hasInk) return; // a test digit arrived, or the pad was cleared, meanwhile
     showStatus("");
     show(body, null);
     updateTimes.push(performance.now() - started);
@@ -253,11 +253,11 @@ async function predictDrawing() {
   }
 }
 
-async function randomTestDigit() {
+async function randomTestDigit(index = null) {
   clearTimeout(timer);
   pending = false;
   try {
-    const body = await backend.randomTestDigit();
+    const body = await backend.randomTestDigit({ ...(index === null ? {} : { index }), ...explainParams() });
     mode = "test";
     paintTestDigit(body.input);
     showSource(
@@ -280,7 +280,7 @@ $("clear").addEventListener("click", () => {
   showStatus("");
   showEmpty();
 });
-$("random").addEventListener("click", randomTestDigit);
+$("random").addEventListener("click", () => randomTestDigit());
 $("scale").addEventListener("change", () => {
   if (lastResult) drawAllMaps(lastResult.activations);
 });
@@ -333,6 +333,7 @@ function show(result, label) {
     row.classList.toggle("label", label !== null && k === label);
   });
   drawAllMaps(result.activations);
+  showWhy(result);
 }
 
 function showEmpty() {
@@ -350,6 +351,7 @@ function showEmpty() {
     const c = $(name);
     c.getContext("2d").clearRect(0, 0, c.width, c.height);
   }
+  showWhy(null);
 }
 
 function drawAllMaps(activations) {
@@ -457,3 +459,38 @@ clearPad();
 buildBars();
 sizeMapCanvases();
 loadInfo();
+
+// ------------------------------------------------------------------ why, and "not a digit"
+// The server computes the attribution (integrated gradients) when asked: one request per update.
+
+function explainParams() {
+  return $("explain").checked ? { explain: "true" } : {};
+}
+
+function showWhy(result) {
+  $("not-digit").hidden = !(result && result.not_a_digit);
+  const canvas = $("attribution");
+  const c = canvas.getContext("2d");
+  c.clearRect(0, 0, canvas.width, canvas.height);
+  const enc = result && $("explain").checked ? result.attribution : null;
+  if (!enc) return;
+  const q = decode(enc.data);
+  const lo = enc.min[0];
+  const hi = enc.max[0];
+  const limit = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+  const img = new ImageData(enc.shape[2], enc.shape[1]);
+  for (let i = 0; i < q.length; i++) {
+    const v = (lo + (q[i] / 255) * (hi - lo)) / limit; // -1 (against) … +1 (for)
+    const alpha = Math.round(230 * Math.min(1, Math.abs(v)));
+    img.data.set(v > 0 ? [255, 40, 40, alpha] : [50, 100, 255, alpha], 4 * i);
+  }
+  c.putImageData(img, 0, 0);
+}
+
+$("explain").addEventListener("change", () => {
+  if (mode === "test" && lastResult && lastResult.index !== undefined) randomTestDigit(lastResult.index);
+  else if (mode === "draw" && hasInk) schedule(0);
+  else showWhy(lastResult);
+});
+// Only the server computes attributions: the page backend has no such box.
+if (backend.inPage) $("explain").closest("label").hidden = true;

@@ -198,8 +198,8 @@
       const logits = linear(fc1, net.need("fc2.weight"), net.need("fc2.bias"));
       return { logits, conv1, conv2 };
     }
-    // fast-cnn: conv -> pool -> BN -> ReLU, twice; fc -> BN -> ReLU; fc. Its conv1/conv2 maps are
-    // the raw convolution outputs (model.py: pooling comes before batch norm and ReLU).
+    // fast-cnn: conv -> pool -> BN -> ReLU, twice; fc -> BN -> ReLU; fc. Its conv1/conv2 maps
+    // are shown, as model.py reports them, through the same batch norm and ReLU (at the end).
     const conv1 = conv2d(x, 1, SIDE, SIDE, w1, null, c.conv1_channels, k);
     const pool1 = relu(
       affine(maxPool2(conv1, c.conv1_channels, SIDE, SIDE), c.conv1_channels,
@@ -216,6 +216,8 @@
         net.need("bn3.scale"), net.need("bn3.shift"))
     );
     const logits = linear(fc1, net.need("fc2.weight"), net.need("fc2.bias"));
+    relu(affine(conv1, c.conv1_channels, net.need("bn1.scale"), net.need("bn1.shift")));
+    relu(affine(conv2, c.conv2_channels, net.need("bn2.scale"), net.need("bn2.shift")));
     return { logits, conv1, conv2 };
   }
 

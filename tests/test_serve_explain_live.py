@@ -1,0 +1,96 @@
+"""The page's "what made it say this" toggle and its "not sure this is a digit" state, in a real
+headless Chromium against a real server (fails, never skips, without Chromium/Playwright)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_serve_live import browser, server_process, shows, stroke, until  # noqa: F401
+
+# Pixels of the overlay: how many are tinted red (for) and blue (against), and where the
+# reddest one is.
+OVERLAY = """() => {
+  const d = document.getElementById('attribution').getContext('2d')
+    .getImageData(0, 0, 28, 28).data;
+  let red = 0, blue = 0, best = -1, at = -1;
+  for (let i = 0; i < 784; i++) {
+    const [r, g, b, a] = [d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]];
+    if (a > 20 && r > b) red++;
+    if (a > 20 && b > r) blue++;
+    if (r > b && a > best) { best = a; at = i; }
+  }
+  return [red, blue, at];
+}"""
+INPUT = """() => Array.from(document.getElementById('input').getContext('2d')
+  .getImageData(0, 0, 28, 28).data.filter((_, i) => i % 4 === 0))"""
+
+
+@pytest.fixture(scope="module")
+def url(trained_run: Path) -> Iterator[str]:
+    with server_process(str(trained_run)) as u:
+        yield u
+
+
+@pytest.mark.slow
+def test_toggle_overlays_what_made_it_say_this(browser, url: str, tmp_path: Path) -> None:  # noqa: F811
+    page = browser.new_page(viewport={"width": 1240, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(url)
+    until(page, "document.getElementById('run-info').textContent.startsWith('run ')")
+    box = page.locator("#pad").bounding_box()
+    stroke(page, [(70, 60), (215, 60), (120, 245)], box)  # a 7
+    shows(page, "7")
+    assert page.evaluate(OVERLAY)[:2] == [0, 0]  # off: nothing over the input
+
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/" in r.url else None)
+    with page.expect_response(lambda r: "explain=true" in r.url) as info:
+        page.check("#explain")
+    body = info.value.json()
+    assert body["prediction"] == 7 and body["attribution"]["shape"] == [1, 28, 28]
+    until(page, f"({OVERLAY})()[0] > 0")
+    page.wait_for_timeout(300)
+    assert len(asked) == 1  # one request per update
+    red, blue, at = page.evaluate(OVERLAY)
+    ink = page.evaluate(INPUT)
+    assert 10 < red < 500
+    assert ink[at] > 0  # the strongest evidence for the 7 lies on its ink
+    if os.environ.get("MNIST_CNN_SCREENSHOT_EXPLAIN"):
+        page.locator("main").screenshot(path=os.environ["MNIST_CNN_SCREENSHOT_EXPLAIN"])
+
+    page.uncheck("#explain")
+    until(page, f"({OVERLAY})()[0] === 0")
+    assert page.locator("#not-digit").is_hidden()
+    assert not problems, problems
+    page.close()
+
+
+@pytest.mark.slow
+def test_not_a_digit_state(browser, url: str) -> None:  # noqa: F811
+    page = browser.new_page(viewport={"width": 1240, "height": 1000})
+    page.goto(url)
+    until(page, "document.getElementById('run-info').textContent.startsWith('run ')")
+    box = page.locator("#pad").bounding_box()
+    # A hash sign drawn big: two bars down, two across.
+    for line in ([(100, 30), (90, 250)], [(190, 30), (180, 250)], [(30, 100), (250, 100)]):
+        stroke(page, line, box)
+    with page.expect_response(lambda r: "/api/predict" in r.url) as info:
+        stroke(page, [(30, 180), (250, 180)], box)
+    body = info.value.json()
+    until(page, "!document.getElementById('not-digit').hidden", timeout=20000)
+    assert body["not_a_digit"] is True, body.get("digit_score")
+    assert page.inner_text("#not-digit") == "not sure this is a digit"
+    if os.environ.get("MNIST_CNN_SCREENSHOT_NOT_DIGIT"):
+        page.locator("main").screenshot(path=os.environ["MNIST_CNN_SCREENSHOT_NOT_DIGIT"])
+    # A digit clears it.
+    page.click("#clear")
+    assert page.locator("#not-digit").is_hidden()
+    stroke(page, [(145, 35), (138, 245)], box)
+    shows(page, "1")
+    assert page.locator("#not-digit").is_hidden()
+    page.close()
