@@ -129,8 +129,8 @@ def check_metrics_record(rec: Any) -> str:
             return f"{key} must lie in [0, 1], got {short(rec[key])}"
     if rec.get("loss") is not None and not _is_number(rec["loss"]):
         return f"loss must be a finite number, got {short(rec['loss'])}"
-    if not _is_number(rec.get("seconds"), 0):
-        return f"seconds must be a number >= 0, got {short(rec.get('seconds'))}"
+    if "seconds" in rec and not _is_number(rec["seconds"], 0):
+        return f"seconds must be a number >= 0, got {short(rec['seconds'])}"
     return ""
 
 
