@@ -107,7 +107,6 @@ def _records(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
 
 
-@pytest.mark.slow  # about 5 s of CPU: a dozen processes, each resuming the run
 def test_sigkill_at_random_moments_always_resumes_to_identical_weights(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic in every process, and cheap steps
