@@ -163,7 +163,7 @@ def main() -> int:
 
 
 def run_dataset_name(run: str) -> str:
-    from mnist_cnn.evaluate import run_dataset_name as name
+    from mnist_cnn.rundir import run_dataset_name as name
 
     return name(run)
 

@@ -163,11 +163,11 @@ def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
     # Rank 0 alone prints: one log line for step 0, one test accuracy line.
     assert out.count("step 0,") == 1 and out.count("test accuracy") == 1, out
 
-    config = json.loads((two / "config.json").read_text())
-    config["train"]["steps"] = 20  # continue the finished run for 10 more steps
-    (two / "config.json").write_text(json.dumps(config))
-    rc, out, err = _finish(_torchrun(["train", "--resume", str(two)]))
+    # Extend the finished run by 10 steps.
+    rc, out, err = _finish(_torchrun(["train", "--resume", str(two), "--steps", "20"]))
     assert rc == 0, err
+    config = json.loads((two / "config.json").read_text())
+    assert config["train"]["steps"] == 20
     # The resume starts at the checkpoint (step 10): a restart would log step 0 again.
     assert "step 0," not in out and out.count("step 20,") == 1, out
     assert "trained 20 steps" in out, out
@@ -185,11 +185,12 @@ def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
         assert (diff > 1e-5).float().mean() < 1e-3, (name, (diff > 1e-5).sum())
     assert not torch.equal(w1["fc1.weight"], _weights_at_init())  # it did train
 
-    # Records at step 0 and at the end (rank 0 only writes; the interrupted attempt's record at
-    # step 10 is dropped on resume), with the global batch's figures.
+    # Records at step 0 and at the end (rank 0 only writes; the first part's last record, at
+    # step 10, stays: a run's records add up across resumes), with the global batch's figures.
     m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [0, 20]
+    assert [r["step"] for r in m1] == [0, 20]
+    assert [r["step"] for r in m2] == [0, 10, 20]
     assert m2[0]["train_accuracy"] == pytest.approx(m1[0]["train_accuracy"])
     assert m2[0]["val_accuracy"] == pytest.approx(m1[0]["val_accuracy"])
 

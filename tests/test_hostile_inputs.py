@@ -274,7 +274,7 @@ def test_script_in_run_files_never_reaches_the_report_unescaped(capsys, tmp_path
     assert not out.exists()
     # In config.json, which the report shows: escaped.
     tiny_model_file(run / "model.safetensors")
-    (run / "config.json").write_text(json.dumps({"note": script, script: 1}))
+    (run / "config.json").write_text(json.dumps({"train": {}, "note": script, script: 1}))
     assert main(argv) == 0
     text = out.read_text()
     assert "<script" not in text.lower()

@@ -21,14 +21,14 @@ from typing import Any
 
 from markupsafe import Markup
 
-from .checkpoint import CONFIG_FILE, RESULTS_FILE, load_model, model_file
-from .datasets import DATASETS
+from . import rundir
+from .checkpoint import load_model, model_file
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
+from .rundir import CONFIG_FILE, CURVES_FILE, RESULTS_FILE, RunDir, run_classes
 from .templates import environment
 
-CARD_FILE = "README.md"
-CURVES_FILE = "curves.png"
+CARD_FILE = rundir.CARD_FILE
 LICENSE = "mit"
 # Hugging Face Hub names of the datasets (only those that have one we know to be right).
 HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
@@ -53,18 +53,6 @@ NETWORKS = {
 NOT_REPRODUCED = {"data_dir", "tensorboard", "log_every", "checkpoint_every", "device"}
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")  # a YAML key that needs no quotes
 _PLAIN = re.compile(r"^[A-Za-z0-9 ._=/+-]+$")  # characters a command line needs no escaping for
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: damaged ({err})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return value
 
 
 def _yaml(value: Any, indent: int = 0) -> str:
@@ -142,13 +130,12 @@ def build_card(run: str | os.PathLike[str]) -> str:
     if not folder.is_dir():
         raise CheckpointError(f"{run}: not a run folder")
     model, meta = load_model(model_file(folder), "cpu")
-    config = _read_json(folder / CONFIG_FILE) or {}
-    results = _read_json(folder / RESULTS_FILE)
+    run = RunDir(folder)
+    config = run.read_config() if run.file(CONFIG_FILE).exists() else {}
+    results = run.read_results()
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    dataset = str(train.get("dataset") or "mnist")
-    classes = (
-        list(DATASETS[dataset].classes) if dataset in DATASETS else [str(i) for i in range(10)]
-    )
+    dataset, names = run_classes(folder, meta)
+    classes = list(names)
     c = model.config
     title, description = NETWORKS.get(c.arch, (f"{c.arch} network", ""))
     description = description.format(

@@ -5,13 +5,14 @@ A run folder holds
   enough to rebuild the network from the file alone;
 - ``checkpoint.safetensors``: weights, optimizer state and RNG state for ``--resume``, with the
   step and the whole training config in its metadata;
-- ``config.json`` and ``metrics.jsonl``, written by training.
+and the rest of the folder (config, metrics, results, lock) is rundir.py's.
 Every file is written to a temp file and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,13 @@ from torch import nn
 
 from .datasets import NUM_CLASSES
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_path
+from .fileio import atomic_path, storage_error
 from .model import ARCHITECTURES, ModelConfig, build_model
 
 FORMAT = "mnist-cnn"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-RESULTS_FILE = "results.json"
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -42,8 +40,11 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(meta)}
-    with atomic_path(path) as tmp:
-        save_file(_contiguous(tensors), str(tmp), metadata=header)
+    try:
+        with atomic_path(path) as tmp:  # on failure the temp file is removed, `path` untouched
+            save_file(_contiguous(tensors), str(tmp), metadata=header)
+    except SafetensorError as err:  # the writer's I/O errors (a full disk) come as this
+        raise storage_error(path, err) from None
 
 
 # A checkpoint's JSON header holds tensor names, shapes and a few KiB of settings; safetensors
@@ -273,7 +274,18 @@ def load_model(
     _load_into(
         model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path
     )
+    require_finite(model.state_dict(), path)
     return model.to(device).eval(), meta
+
+
+def require_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run): they answer nothing useful."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{path}: {name[:60]} holds NaN or infinite values (training diverged); "
+                "this network cannot be used"
+            )
 
 
 # --------------------------------------------------------------------------- training state
@@ -318,27 +330,117 @@ def save_training_state(
             tensors[f"rng.cuda.{i}"] = s
     full_meta = {"model": model.config.to_dict(), "optimizer": opt_meta, **meta}
     _write(run_dir / CHECKPOINT_FILE, tensors, full_meta)
-    save_model(run_dir / MODEL_FILE, model, {k: meta[k] for k in ("step",) if k in meta})
+    extra = {k: meta[k] for k in ("step", "dataset", "classes") if k in meta}
+    save_model(run_dir / MODEL_FILE, model, extra)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _same_kind(saved: Any, current: Any) -> bool:
+    """Whether an optimizer setting read from a file has the type and sign of the live one."""
+    if isinstance(current, bool) or current is None:
+        return saved is None or isinstance(saved, bool)
+    if isinstance(current, (int, float)):
+        return type(saved) in (int, float) and math.isfinite(saved) and saved >= 0
+    if isinstance(current, (list, tuple)):
+        return (
+            isinstance(saved, list)
+            and len(saved) == len(current)
+            and all(_same_kind(a, b) for a, b in zip(saved, current, strict=True))
+        )
+    return type(saved) is type(current)
+
+
+def _check_optimizer(
+    tensors: dict[str, torch.Tensor], meta: Any, optimizer: torch.optim.Optimizer, path: Path
+) -> dict:
+    """The saved optimizer state, checked against the live optimizer before it is loaded."""
+    bad = f"{path}: optimizer state does not fit"
+    live = optimizer.state_dict()
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
+    scalars = meta.get("scalars", {}) if isinstance(meta, dict) else None
+    if not isinstance(groups, list) or len(groups) != len(live["param_groups"]):
+        raise CheckpointError(f"{bad} (param_groups {_short(groups)})")
+    for saved, current in zip(groups, live["param_groups"], strict=True):
+        if not isinstance(saved, dict) or set(saved) != set(current):
+            raise CheckpointError(f"{bad} (a param group {_short(saved)})")
+        for key, value in current.items():
+            if key == "params" and saved[key] != value:
+                raise CheckpointError(f"{bad} (params {_short(saved[key])})")
+            if key != "params" and not _same_kind(saved[key], value):
+                raise CheckpointError(f"{bad} ({key} {_short(saved[key])})")
+        if not saved["lr"] > 0:
+            raise CheckpointError(f"{bad} (lr {_short(saved['lr'])})")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    shapes = dict(enumerate(tuple(p.shape) for p in params))
+    if not isinstance(scalars, dict) or not all(
+        isinstance(k, str)
+        and k.isdigit()
+        and int(k) in shapes
+        and isinstance(v, dict)
+        and all(_same_kind(x, 0.0) for x in v.values())
+        for k, v in scalars.items()
+    ):
+        raise CheckpointError(f"{bad} (scalars {_short(scalars)})")
+    for name, value in tensors.items():
+        parts = name.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) not in shapes:
+            raise CheckpointError(f"{bad} (tensor {_short(name)})")
+        want = () if parts[2] == "step" else shapes[int(parts[1])]
+        if tuple(value.shape) != want or not value.is_floating_point():
+            raise CheckpointError(f"{bad} ({name[:60]} has shape {tuple(value.shape)})")
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{bad} ({name[:60]} holds NaN or infinite values)")
+    state = _unflatten_optimizer(tensors, meta)
+    # Adam keeps the same entries for every parameter, or none before its first step.
+    keys = {"step", "exp_avg", "exp_avg_sq"}
+    if any(g.get("amsgrad") for g in live["param_groups"]):
+        keys.add("max_exp_avg_sq")
+    complete = set(state["state"]) == set(shapes) and all(
+        set(v) == keys for v in state["state"].values()
+    )
+    if state["state"] and isinstance(optimizer, torch.optim.Adam) and not complete:
+        raise CheckpointError(f"{bad} (Adam state incomplete)")
+    return state
 
 
 def load_training_state(
     run_dir: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG state from a run's checkpoint; returns its metadata."""
+    """Restore weights, optimizer and RNG state from a run's checkpoint; returns its metadata.
+
+    Everything is checked (shapes, types, finite values) before any of it is loaded.
+    """
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no {CHECKPOINT_FILE} to resume from")
     tensors, meta = _read(path)
-    if meta.get("model") != model.config.to_dict():
-        raise CheckpointError(f"{path}: saved for another network ({meta.get('model')})")
+    if not isinstance(meta, dict) or meta.get("model") != model.config.to_dict():
+        found = meta.get("model") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: saved for another network ({_short(found, 160)})")
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    require_finite(weights, path)
+    rng = tensors.get("rng.torch")
+    live_rng = torch.get_rng_state()
+    if rng is None or rng.dtype != live_rng.dtype or rng.shape != live_rng.shape:
+        raise CheckpointError(f"{path}: no usable random-number state (rng.torch)")
+    opt = _check_optimizer(
+        {k: v for k, v in tensors.items() if k.startswith("optim.")},
+        meta.get("optimizer"),
+        optimizer,
+        path,
+    )
     _load_into(model, weights, path)
-    opt = {k: v for k, v in tensors.items() if k.startswith("optim.")}
     try:
-        optimizer.load_state_dict(_unflatten_optimizer(opt, meta["optimizer"]))
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from None
-    torch.set_rng_state(tensors["rng.torch"])
+        optimizer.load_state_dict(opt)
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(
+            f"{path}: optimizer state does not fit ({_short(err, 120)})"
+        ) from None
+    torch.set_rng_state(rng)
     cuda_states = [
         tensors[f"rng.cuda.{i}"]
         for i in range(torch.cuda.device_count())
@@ -347,28 +449,3 @@ def load_training_state(
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     return meta
-
-
-def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """A run's ``config.json``."""
-    path = Path(run_dir) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_dir}: no {CONFIG_FILE}; is it a run folder?") from None
-    except ValueError as err:
-        raise CheckpointError(f"{path}: damaged ({err})") from None
-
-
-def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """A run's ``metrics.jsonl`` as records (a torn last line of a live run is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: no {METRICS_FILE}; is it a run folder?")
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line being written right now
-    return records

@@ -110,9 +110,11 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=list(PRESETS),
         default="seed",
+        action=_StoreGiven,  # --resume refuses it even when it names the default
         help="recipe to start from (default: seed)",
     )
     _add_data_args(p)
+    p.set_defaults(dataset=None)  # the preset's (mnist); None tells --resume it was not given
     p.add_argument("--steps", type=_positive_int, help="optimisation steps (seed: 10000)")
     p.add_argument(
         "--batch-size",
@@ -185,7 +187,10 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
     p.add_argument(
-        "--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint"
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its last checkpoint, with its own settings; "
+        "--steps N extends it (a finished run too), --data-dir finds its data moved elsewhere",
     )
     p.add_argument(
         "--dist-timeout",
@@ -228,7 +233,10 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
         sys.stdout.flush()
 
     if args.resume:
-        result = resume(args.resume, on_log=on_log, progress=progress)
+        _refuse_flags_with_resume(args)
+        result = resume(
+            args.resume, steps=args.steps, data_dir=args.data_dir, on_log=on_log, progress=progress
+        )
     else:
         config = preset_config(
             args.preset,
@@ -256,6 +264,33 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
     print(f"test accuracy {result.test.accuracy:.4f} ({result.test.correct}/{result.test.total})")
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; run saved in {result.run_dir}")
     return 0
+
+
+# Flags --resume accepts: the run's own settings hold, except its length and its data's place.
+_RESUME_FLAGS = {"resume", "steps", "data_dir", "dist_timeout", "func", "command", "verbose"}
+
+
+class _StoreGiven(argparse._StoreAction):
+    """Store the value, and note that the flag was given (its default may look the same)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
+    from .errors import ConfigError
+
+    given = getattr(args, "given", set())
+    for dest, value in vars(args).items():
+        if dest == "preset" and dest not in given or dest == "given":
+            continue
+        if dest not in _RESUME_FLAGS and value is not None:
+            flag = "--plain-step" if dest == "fast" else "--" + dest.replace("_", "-")
+            raise ConfigError(
+                f"{flag} cannot be used with --resume: a run continues with its own settings "
+                "(only --steps, to extend it, and --data-dir, for moved data, may be given)"
+            )
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -531,13 +566,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _load_for_inspection(run: str, device: str = "cpu"):  # -> (model, classes, dataset name)
     from .checkpoint import load_model
-    from .datasets import dataset_info
     from .device import select_device
-    from .evaluate import run_dataset_name
+    from .rundir import run_classes
 
-    model, _ = load_model(run, select_device(device))
-    name = run_dataset_name(run)
-    return model, dataset_info(name).classes, name
+    model, meta = load_model(run, select_device(device))
+    name, classes = run_classes(run, meta)
+    return model, classes, name
 
 
 def _setup_features(sub: argparse._SubParsersAction) -> None:

@@ -220,10 +220,10 @@ def evaluate_ood(
     Fashion-MNIST), at the stored threshold. ``limit``: only the first images of each."""
     from .checkpoint import load_model
     from .device import select_device
-    from .evaluate import run_dataset_name
+    from .rundir import run_dataset_name
 
-    model, _ = load_model(run, select_device(device))
-    own = run_dataset_name(run)
+    model, meta = load_model(run, select_device(device))
+    own = run_dataset_name(run, meta)
     scorer = scorer_for_run(run, model, data_dir=data_dir, dataset=own)
     digits = load_dataset(own, data_dir, download=False).test.images[:limit]
     others = load_dataset(ood, ood_data_dir or data_dir, download=False).test.images[:limit]

@@ -19,3 +19,7 @@ class CheckpointError(MnistCnnError):
 
 class ConfigError(MnistCnnError):
     """A setting has a value that cannot be used."""
+
+
+class StorageError(MnistCnnError):
+    """A file could not be written: the disk is full, or the folder is not writable."""

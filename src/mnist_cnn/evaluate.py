@@ -8,13 +8,11 @@ accuracies is only right when every batch has the same size.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -155,16 +153,6 @@ def evaluate(
     )
 
 
-def run_dataset_name(run: str | os.PathLike[str]) -> str:
-    """The dataset a run was trained on (from its ``config.json``; ``mnist`` if unknown)."""
-    path = Path(run)
-    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-    try:
-        return json.loads(config.read_text())["train"]["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "mnist"
-
-
 def evaluate_run(
     run: str | os.PathLike[str],
     *,
@@ -178,12 +166,16 @@ def evaluate_run(
     from .checkpoint import load_model
     from .datasets import load_dataset
     from .device import device_description, select_device
+    from .rundir import run_classes
 
     dev = select_device(device)
-    model, _ = load_model(run, dev)
-    name = dataset or run_dataset_name(run)
-    dataset = load_dataset(name, data_dir)
-    data = dataset.split(split)
+    model, meta = load_model(run, dev)
+    trained_on, classes = run_classes(run, meta)
+    name = dataset or trained_on
+    loaded = load_dataset(name, data_dir)
+    data = loaded.split(split)
     result = evaluate(model, data.images, data.labels, batch_size=batch_size, device=dev)
-    info = {"dataset": name, "device": device_description(dev), "classes": list(dataset.classes)}
+    if name != trained_on:
+        classes = loaded.classes
+    info = {"dataset": name, "device": device_description(dev), "classes": list(classes)}
     return result, info

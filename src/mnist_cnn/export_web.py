@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import RESULTS_FILE, load_model, model_file
+from .checkpoint import load_model, model_file
 from .errors import MnistCnnError
 from .model import count_parameters
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE_FILES = ("app.js", "style.css", "net.js")  # from static/, next to the written model.js
@@ -113,24 +116,16 @@ def _b64_size(n: int) -> int:
     return 4 * ((n + 2) // 3)
 
 
-def _run_facts(path: Path) -> tuple[str, list[str], float | None]:
-    from .datasets import dataset_info
-    from .evaluate import run_dataset_name
+def _run_facts(path: Path, meta: dict[str, Any]) -> tuple[str, list[str], float | None]:
+    from .rundir import run_classes, run_test_accuracy
 
-    dataset = run_dataset_name(path)
+    dataset, classes = run_classes(path, meta)
     try:
-        classes = [str(c) for c in dataset_info(dataset).classes]
-    except MnistCnnError:
-        classes = [str(i) for i in range(10)]
-    accuracy = None
-    try:
-        results = json.loads((path.parent / RESULTS_FILE).read_text())
-        value = results["test"]["accuracy"]
-        if isinstance(value, (int, float)) and 0 <= value <= 1:
-            accuracy = float(value)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return dataset, classes, accuracy
+        accuracy = run_test_accuracy(path)
+    except MnistCnnError as err:  # the page works without it
+        log.warning("no test accuracy shown: %s", err)
+        accuracy = None
+    return dataset, list(classes), accuracy
 
 
 def _test_digits(dataset: str, data_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
@@ -170,7 +165,7 @@ def model_script(
         weights == "auto" and _b64_size(fp32_bytes) + page_bytes + 200_000 > SIZE_BUDGET
     )
     table, data = _pack(tensors, half)
-    dataset, classes, accuracy = _run_facts(path)
+    dataset, classes, accuracy = _run_facts(path, meta)
     name = path.parent.name if path.name == "model.safetensors" else path.stem
     model_obj: dict[str, Any] = {
         "format": 1,

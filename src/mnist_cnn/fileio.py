@@ -3,6 +3,7 @@ half-written checkpoint, picture or download."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import StorageError
 
 
 @contextmanager
@@ -20,10 +23,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     pick a format from the file name (matplotlib, Pillow) still do the right thing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as err:
+        raise storage_error(path, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -31,9 +37,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise storage_error(path, err) from None
         raise
+
+
+def storage_error(path: str | os.PathLike[str], err: BaseException) -> StorageError:
+    """One line for a failed write: 'no space left on device writing PATH', or what else."""
+    text = str(err)
+    if getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in text or "code: 28" in text:
+        return StorageError(f"no space left on device writing {path}")
+    reason = getattr(err, "strerror", None) or (text[:120] + ("..." if len(text) > 120 else ""))
+    return StorageError(f"cannot write {path}: {reason}")
 
 
 def _umask() -> int:

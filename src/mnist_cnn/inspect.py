@@ -36,15 +36,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 from torch import nn
 
-from .checkpoint import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, read_metrics
 from .datasets import IMAGE_SIZE, Split, to_float
 from .errors import ConfigError, MnistCnnError
 from .plotting import DPI, GRAY, new_figure, save_figure
+from .rundir import CURVES_FILE, METRICS_FILE, RunDir
 
 MAP_LAYERS = ("conv1", "pool1", "conv2", "pool2")  # activations that are stacks of 2-D maps
 FILTER_LAYERS = ("conv1", "conv2")
 SCALES = ("map", "shared")
-CURVES_FILE = "curves.png"  # written into a run folder when training ends
 
 
 # --------------------------------------------------------------------------- inputs
@@ -402,29 +401,24 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
 
 def run_curves_title(run_dir: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> str:
     """'runs/x: 600 steps, test accuracy 0.9812', or 'step 400 of 1000 (in progress)'."""
-    import json
-
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    name = run.path.name
     last = int(records[-1]["step"]) if records else 0
-    results_path = run_dir / RESULTS_FILE
+    results = run.read_results()
+    if results is not None:
+        return f"{name}: {results['step']} steps, test accuracy {results['test']['accuracy']:.4f}"
     try:
-        results = json.loads(results_path.read_text())
-        return (
-            f"{run_dir.name}: {results['step']} steps, "
-            f"test accuracy {results['test']['accuracy']:.4f}"
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        total = json.loads((run_dir / CONFIG_FILE).read_text())["train"]["steps"]
-        return f"{run_dir.name}: step {last} of {total} (in progress or interrupted)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{run_dir.name}: step {last}"
+        total = run.read_config()["train"].get("steps")
+    except MnistCnnError:
+        total = None
+    if type(total) is int:
+        return f"{name}: step {last} of {total} (in progress or interrupted)"
+    return f"{name}: step {last}"
 
 
 def training_curves(run_dir: str | os.PathLike[str]) -> Figure:
     """The curves of a run folder (finished or still training)."""
-    records = read_metrics(run_dir)
+    records = RunDir(run_dir).read_metrics()
     if not records:
         raise MnistCnnError(f"{run_dir}: {METRICS_FILE} holds no records yet; try again later")
     return plot_training_curves(records, title=run_curves_title(run_dir, records))

@@ -16,14 +16,14 @@ import numpy as np
 from markupsafe import Markup
 
 from . import inspect as insp
-from .checkpoint import CONFIG_FILE, RESULTS_FILE, load_model, read_metrics
+from .checkpoint import load_model
 from .datasets import load_dataset
 from .device import device_description, select_device
 from .errors import CheckpointError
-from .evaluate import run_dataset_name
 from .explain import mistake_explanations as explain_mistakes
 from .fileio import atomic_write_bytes
 from .plotting import figure_png
+from .rundir import RunDir, run_classes
 from .templates import environment
 
 REPORT_FILE = "report.html"
@@ -89,18 +89,15 @@ def build_report(
         raise CheckpointError(f"{run}: not a run folder")
     dev = select_device(device)
     model, meta = load_model(run_dir, dev)
+    folder = RunDir(run_dir)
     try:
-        config = json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        config = folder.read_config()
+    except CheckpointError:  # a bare model in a folder: describe the network alone
         config = {"model": meta.get("model", {})}
-    try:
-        results = json.loads((run_dir / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
-        results = None
-    name = run_dataset_name(run_dir)
+    results = folder.read_results()
+    name, classes = run_classes(run_dir, meta)
     data = load_dataset(name, data_dir)
     test = data.test
-    classes = tuple(data.classes)
 
     probs = insp.predict_probabilities(model, test.images, device=dev)
     pred = probs.argmax(1)
@@ -110,7 +107,7 @@ def build_report(
     worst = insp.confident_mistakes(probs, labels, k=mistakes)
 
     try:
-        records = read_metrics(run_dir)
+        records = folder.read_metrics()
     except CheckpointError:
         records = []
     curves = None

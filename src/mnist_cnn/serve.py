@@ -43,14 +43,14 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
-from .checkpoint import RESULTS_FILE, load_model, model_file
-from .datasets import IMAGE_SIZE, dataset_info, load_dataset
+from .checkpoint import load_model, model_file
+from .datasets import IMAGE_SIZE, load_dataset
 from .device import device_description, select_device
 from .digitness import DigitScorer, optional_scorer
 from .errors import ConfigError, MnistCnnError
-from .evaluate import run_dataset_name
 from .explain import explain as explain_images
 from .preprocess import ImageError, load_image, preprocess_image
+from .rundir import run_classes, run_test_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -457,16 +457,6 @@ class DigitSet:
     labels: np.ndarray  # int64 (N,)
 
 
-def _run_facts(run: str | os.PathLike[str]) -> tuple[str, float | None]:
-    """The run's dataset name (default mnist) and its recorded test accuracy, if any."""
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    dataset = run_dataset_name(run)
-    accuracy = None
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        accuracy = float(json.loads((folder / RESULTS_FILE).read_text())["test"]["accuracy"])
-    return dataset, accuracy
-
-
 def _load_test_digits(dataset: str, data_dir: str | os.PathLike[str] | None) -> DigitSet | None:
     try:
         data = load_dataset(dataset, data_dir, download=False)
@@ -500,11 +490,13 @@ def create_app(
     path = model_file(run)
     torch_device = select_device(device)
     model, meta = load_model(path, torch_device)
-    dataset, accuracy = _run_facts(path)
+    dataset, names = run_classes(path, meta)
+    classes = list(names)
     try:
-        classes = list(dataset_info(dataset).classes)
-    except MnistCnnError:
-        classes = [str(i) for i in range(10)]
+        accuracy = run_test_accuracy(path)
+    except MnistCnnError as err:  # the page works without it
+        log.warning("no test accuracy shown: %s", err)
+        accuracy = None
     if test_digits is None:
         test_digits = _load_test_digits(dataset, data_dir)
     # The not-a-digit check (calibrated on the run's dataset on first use; see digitness.py).
