@@ -6,6 +6,8 @@ On generated data (``tiny_data``): what is tested is the path, not accuracy.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from mnist_cnn.checkpoint import load_model
 from mnist_cnn.cli import main
 from mnist_cnn.datasets import MNISTLike
 from mnist_cnn.model import FastCNN, ModelConfig
-from mnist_cnn.train import preset_config, resume, train
+from mnist_cnn.train import TrainingInterrupted, preset_config, resume, train
 
 
 def _fast(steps: int = 16, batch_size: int = 16, **kw) -> object:
@@ -59,23 +61,24 @@ def test_fast_preset_trains_and_reloads(tmp_path: Path, tiny_data: MNISTLike) ->
 def test_fast_path_resume_is_exact_and_seed_repeats(tmp_path: Path, tiny_data: MNISTLike) -> None:
     """Stopped at step 8 and resumed == never stopped == a second run with the same seed.
 
-    The resume must start at the checkpoint (step 8), not redo steps 0-7: its records begin at
-    step 8, and the run's metrics hold each logged step once.
+    Ctrl-C arrives while step 8 is logged: the run checkpoints step 8 and stops. The resume
+    must start there, not redo steps 0-7: it logs only step 16 (a restart from 0 would log 0
+    and 8 again), and the run's metrics hold each logged step once.
     """
     data = tiny_data
     config = _fast()
     train(config, tmp_path / "whole", data=data)
     train(config, tmp_path / "again", data=data)
 
-    def stop_at_8(rec: dict) -> None:
+    def ctrl_c_at_8(rec: dict) -> None:
         if rec["step"] == 8:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C
 
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "stopped", data=data, on_log=stop_at_8)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 8"):
+        train(config, tmp_path / "stopped", data=data, on_log=ctrl_c_at_8)
     resumed: list[dict] = []
     result = resume(tmp_path / "stopped", data=data, on_log=resumed.append)
-    assert [r["step"] for r in resumed] == [8, 16]  # a restart from 0 would log step 0 again
+    assert [r["step"] for r in resumed] == [16]
     assert result.steps == 16
     assert _steps(tmp_path / "stopped") == _steps(tmp_path / "whole") == [0, 8, 16]
     whole = _weights(tmp_path / "whole")

@@ -296,9 +296,12 @@ def train(
         seed = par.broadcast_int(random.SystemRandom().randrange(2**31))
         config = dataclasses.replace(config, seed=seed)
     _on_main(par, lambda: _require_new(run))  # before the lock file is made in a foreign folder
+    device, plan = _preflight(config, par)  # a refused setting leaves no folder behind
     with _locked(run, par):
         _on_main(par, lambda: _require_new(run))  # again, now that no one else can start it
-        return _run(config, run, saved=None, on_log=on_log, progress=progress, data=data)
+        return _run(
+            config, run, device, plan, saved=None, on_log=on_log, progress=progress, data=data
+        )
 
 
 def resume(
@@ -319,10 +322,22 @@ def resume(
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"{run_dir}: no such run folder")
-    _resume_config(run, steps, data_dir)  # a finished run is refused before the lock is taken
+    _, config = _resume_config(run, steps, data_dir)  # a finished run is refused before locking
+    device, plan = _preflight(config, par)
     with _locked(run, par):
         saved, config = _resume_config(run, steps, data_dir)
-        return _run(config, run, saved=saved, on_log=on_log, progress=progress, data=data)
+        return _run(
+            config, run, device, plan, saved=saved, on_log=on_log, progress=progress, data=data
+        )
+
+
+def _preflight(config: TrainConfig, par: distributed.Parallel) -> tuple[torch.device, StepPlan]:
+    """Everything that can refuse a run's settings, checked before the run folder is touched."""
+    par.check_batch(config.batch_size)
+    if config.tensorboard:
+        tblog.require_tensorboard()
+    device = par.device(config.device)
+    return device, plan_for(config, device, distributed=par.is_distributed)
 
 
 class TrainingDiverged(MnistCnnError):
@@ -473,6 +488,8 @@ def _check_same_data(saved: dict[str, Any], data: MNISTLike, run: RunDir) -> Non
 def _run(
     config: TrainConfig,
     run: RunDir,
+    device: torch.device,
+    plan: StepPlan,
     *,
     saved: dict[str, Any] | None,
     on_log: Callable[[dict[str, Any]], None] | None,
@@ -482,11 +499,6 @@ def _run(
     """Set up, loop, finish. ``saved``: the run's config.json when it is resumed, else None."""
     assert config.seed is not None  # set by train(); resume() reads it back
     par = distributed.current()  # rank and process count under torchrun; else one process
-    par.check_batch(config.batch_size)
-    if config.tensorboard:
-        tblog.require_tensorboard()  # before anything is written
-    device = par.device(config.device)
-    plan = plan_for(config, device, distributed=par.is_distributed)  # refused before any write
     on_log = _announce(on_log, plan)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, full_train=config.full_train)
