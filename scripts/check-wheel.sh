@@ -5,6 +5,12 @@
 # serve's page, whose files must come from the installed package, not from src/.
 # Usage: scripts/check-wheel.sh   (MNIST from $MNIST_CNN_DATA; TORCH= overrides torch==2.13.0)
 set -euo pipefail
+case "${1:-}" in
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "check-wheel.sh: takes no arguments (see --help)" >&2; exit 2 ;;
+esac
+if [ -n "${MNIST_CNN_DRY_RUN:-}" ]; then echo "check-wheel.sh: dry run, nothing built"; exit 0; fi
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${PYTHON:-.venv/bin/python}

@@ -165,6 +165,8 @@ class Parallel:
             return text
         data = text.encode()
         size = self.broadcast_int(len(data))
+        if size == 0:  # torch.frombuffer refuses an empty buffer
+            return ""
         buf = torch.zeros(size, dtype=torch.uint8)
         if self.is_main:
             buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
