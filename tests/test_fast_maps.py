@@ -109,7 +109,7 @@ def test_served_maps_are_the_fast_maps(fast_model, two_digits, tmp_path: Path):
     save_model(tmp_path / "model.safetensors", fast_model, {"step": 0})
     images = np.stack([d.image for d in two_digits])
     app = create_app(tmp_path, test_digits=DigitSet(images, np.array([6, 9])), digit_check=False)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         body = client.get("/api/random-test-digit", params={"index": 0, "activations": True}).json()
     with torch.inference_mode():
         _, acts = fast_model(_x(two_digits[:1]), return_activations=True)

@@ -8,9 +8,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from mnist_cnn import cli
+from mnist_cnn.errors import CheckpointError
 
 
 def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_path) -> None:
@@ -73,10 +75,13 @@ def test_report_escapes_what_it_reads_from_the_run(tmp_path: Path, monkeypatch) 
     (run / "config.json").write_text(json.dumps(config))
     record = {"step": 0, "loss": None, "train_accuracy": 0.1, "val_accuracy": 0.1, "seconds": 0}
     (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    # A wrong type in results.json is left out: neither shown nor a crash.
-    (run / "results.json").write_text(json.dumps({"test": {"accuracy": attack}}))
     text = build_report(run, data_dir=tmp_path / "data", device="cpu")
     assert "<script" not in text.lower()
     assert '<td class="v">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in text
     assert "written when training ended" not in text
     assert text.count('src="data:image/png;base64,cGljdHVyZQ=="') == 7  # every picture slot
+    # A wrong type in results.json is refused in one line, before any of it reaches the page.
+    (run / "results.json").write_text(json.dumps({"test": {"accuracy": attack}}))
+    with pytest.raises(CheckpointError, match="results.json: no test accuracy") as err:
+        build_report(run, data_dir=tmp_path / "data", device="cpu")
+    assert "\n" not in str(err.value)
