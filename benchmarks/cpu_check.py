@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -34,6 +35,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per loop (300)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON")
     args = parser.parse_args()
+    if os.environ.get("MNIST_CNN_DRY_RUN"):  # the docs test: start-up and arguments only
+        print(f"would time {args.steps} steps per loop at --precision auto and fp32")
+        return 0
     device = torch.device("cpu")
     results = {}
     ok = True
