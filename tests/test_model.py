@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnist_cnn.model import ACTIVATIONS, DeepMNIST, count_parameters, loss_fn
+from mnist_cnn.model import ACTIVATIONS, DeepMNIST, ModelConfig, count_parameters, flatten, loss_fn
 
 
 def test_parameter_count_is_the_seeds():
@@ -64,3 +64,44 @@ def test_loss_is_stable_where_the_seeds_formula_is_not():
     assert torch.isfinite(loss)
     expected = (400.0 + torch.log(torch.tensor(3.0))) / 2  # mean of the two examples
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_forward_has_the_seed_orders_gradients_exactly(channels_last):
+    """Training pools before its ReLUs and flattens channels-last maps by its own rule: the
+    loss and every gradient are the seed's order's (ReLU, then pool, then flatten), bit for bit."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = DeepMNIST(ModelConfig(conv1_channels=8, conv2_channels=16, hidden=32))
+    x = torch.rand(6, 1, 28, 28)
+    x[:, :, :10] = 0  # blank rows: pooling windows where every value is the bias, ties
+    labels = torch.arange(6)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def seed_order(m, x):
+        h = F.max_pool2d(F.relu(m.conv1(x)), 2)
+        h = F.max_pool2d(F.relu(m.conv2(h)), 2)
+        return m.fc2(F.relu(m.fc1(h.flatten(1))))  # dropout left out: model in eval mode
+
+    model.eval()
+    grads = []
+    for forward in (seed_order, lambda m, x: m(x)):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(forward(model, x), labels)
+        loss.backward()
+        grads.append([loss.detach(), *(p.grad for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_flatten_hands_a_channels_last_gradient_back_channels_last():
+    h = torch.rand(2, 3, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    flat = flatten(h)
+    assert torch.equal(flat, h.detach().flatten(1))  # (c, h, w) order, as nn.Flatten
+    (flat * torch.arange(60.0)).sum().backward()
+    assert h.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(h.grad, torch.arange(60.0).view(1, 3, 4, 5).expand(2, -1, -1, -1))
+    plain = torch.rand(2, 3, 4, 5, requires_grad=True)
+    assert flatten(plain).grad_fn.name() == "ViewBackward0"  # plain maps: plain flatten

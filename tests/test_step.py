@@ -155,6 +155,40 @@ def test_bf16_fast_step_matches_bf16_plain_step(bf16_forced: None) -> None:
     _assert_same_weights(plain, quick, atol=4e-3)
 
 
+def test_plan_keeps_bf16_weight_copies_to_the_single_process_bf16_fast_step(
+    bf16_forced: None,
+) -> None:
+    assert st.resolve_plan(DEVICE, "bf16").bf16_weights
+    assert "bf16 weight copies" in st.resolve_plan(DEVICE, "bf16").summary()
+    assert not st.resolve_plan(DEVICE, "fp32").bf16_weights  # nothing to copy in fp32
+    assert not st.resolve_plan(DEVICE, "bf16", plain=True).bf16_weights
+    assert not st.resolve_plan(DEVICE, "bf16", distributed=True).bf16_weights  # DDP's hooks
+
+
+@pytest.mark.parametrize("cls,config", [(DeepMNIST, SMALL_SEED_NET), (FastCNN, SMALL_FAST_NET)])
+def test_bf16_weight_copies_compute_the_autocast_step_bit_for_bit(
+    bf16_forced: None, cls: type, config: ModelConfig
+) -> None:
+    """Exact: the copies round as autocast's casts do, at the same points; Adam stays fp32."""
+    with_copies, without = _twins(cls, config)
+    plan = st.resolve_plan(DEVICE, "bf16")
+    assert plan.bf16_weights
+    with_copies, step_copies = _path(with_copies, plan)
+    without, step_cast = _path(without, dataclasses.replace(plan, bf16_weights=False))
+    batches = _layout(_batches(3), plan)
+    assert _run(step_copies, batches) == _run(step_cast, batches)  # dropout on: same masks
+    for (name, a), b in zip(
+        with_copies.state_dict().items(), without.state_dict().values(), strict=True
+    ):
+        assert a.dtype == b.dtype and torch.equal(a, b), name  # batch-norm statistics too
+    # A weight changed outside the step (a checkpoint loaded) is what the next step reads.
+    with torch.no_grad():
+        for a, b in zip(with_copies.parameters(), without.parameters(), strict=True):
+            a.mul_(0.5)
+            b.mul_(0.5)
+    assert _run(step_copies, batches[:1]) == _run(step_cast, batches[:1])
+
+
 def test_bf16_step_matches_fp32_within_bf16_tolerance(bf16_forced: None) -> None:
     """bf16 against fp32: the logits and one step, within bf16's 8 significant bits."""
     ref, low = _twins(FastCNN, dataclasses.replace(SMALL_FAST_NET, dropout=0.0))

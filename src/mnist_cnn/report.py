@@ -57,7 +57,8 @@ def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, json.dumps(obj) if not isinstance(obj, str) else obj))
 
 
-PLAN_KEYS = ("precision", "requested", "plain", "channels_last", "fused_adam", "cuda_graph")
+PLAN_KEYS = ("precision", "requested", "plain", "channels_last", "bf16_weights", "fused_adam")
+PLAN_KEYS += ("cuda_graph",)
 PLAN_KEYS += ("device", "hardware", "bf16", "threads")
 
 

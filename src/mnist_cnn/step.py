@@ -92,6 +92,9 @@ class StepPlan:
     hardware: str  # CPU model and flags, or the GPU's name
     bf16: str  # whether bf16 is native here, and how that was decided
     threads: int  # CPU threads torch computes with
+    # bf16 copies of the conv and linear weights, refreshed once per step, that the forward
+    # reads instead of autocast casting each weight (and its gradient back) in every forward.
+    bf16_weights: bool = False
 
     @property
     def device_type(self) -> str:
@@ -111,6 +114,8 @@ class StepPlan:
         how.append("bf16 autocast" if self.precision == "bf16" else "fp32")
         if self.channels_last:
             how.append("channels-last")
+        if self.bf16_weights:
+            how.append("bf16 weight copies")
         if self.fused_adam:
             how.append("fused Adam")
         if self.cuda_graph:
@@ -119,12 +124,19 @@ class StepPlan:
 
 
 def resolve_plan(
-    device: torch.device, precision: str = "auto", *, plain: bool = False, graph: bool = True
+    device: torch.device,
+    precision: str = "auto",
+    *,
+    plain: bool = False,
+    graph: bool = True,
+    distributed: bool = False,
 ) -> StepPlan:
     """Decide the step for ``device``; raises ConfigError (before anything is written).
 
     ``graph``: whether the caller allows a CUDA graph (not under DDP, whose collectives a graph
     cannot hold, nor with a learning-rate schedule, which a replayed graph would not see).
+    ``distributed``: the model is wrapped in DDP, which reduces the weights' own gradients: no
+    bf16 weight copies then.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -148,6 +160,7 @@ def resolve_plan(
         hardware=hardware_description(device),
         bf16=said,
         threads=torch.get_num_threads(),
+        bf16_weights=fast and use_bf16 and device.type == "cpu" and not distributed,
     )
 
 
@@ -235,20 +248,74 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
+class LowPrecisionWeights:
+    """Low-precision copies of a model's conv and linear weights, for its forward to read.
+
+    Under autocast every forward casts each float32 weight to bf16 (a new tensor) and backward
+    casts its bf16 gradient back, one operation per weight each way. Here the copies live as
+    long as the step: refreshed from the float32 weights in one multi-tensor copy at the start
+    of each step, read by the forward (autocast leaves a tensor already in its dtype alone),
+    their gradients copied into float32 buffers in one more for Adam. The rounding is the same
+    (round to nearest even) at the same points, so the step computes what the autocast step
+    computes, bit for bit; the master weights and Adam stay float32.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        self.model = model
+        # What autocast casts: the weights and biases that conv and linear layers multiply with
+        # (batch norm's stay float32 under autocast, and here too).
+        self.names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        for prefix, module in model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                for name, p in module.named_parameters(recurse=False):
+                    if p.requires_grad and p.dtype == torch.float32:
+                        self.names.append(f"{prefix}.{name}" if prefix else name)
+                        self.params.append(p)
+        with torch.no_grad():
+            self.copies = [p.detach().to(dtype).requires_grad_() for p in self.params]
+            self.grads = [torch.empty_like(p) for p in self.params]
+        self.by_name = dict(zip(self.names, self.copies, strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's forward on the copies, refreshed from the float32 weights first."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.copies, self.params)
+        for c in self.copies:
+            c.grad = None
+        return torch.func.functional_call(self.model, self.by_name, (x,))
+
+    @torch.no_grad()
+    def pass_gradients(self) -> None:
+        """The copies' gradients, as float32, become the weights' gradients."""
+        used = [i for i, c in enumerate(self.copies) if c.grad is not None]
+        if used:
+            torch._foreach_copy_([self.grads[i] for i in used], [self.copies[i].grad for i in used])
+        for i, p in enumerate(self.params):
+            p.grad = self.grads[i] if self.copies[i].grad is not None else None
+
+
 def step_body(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     amp_dtype: torch.dtype | None,
+    weights: LowPrecisionWeights | None = None,
 ) -> torch.Tensor:
-    """One optimisation step on a float batch; returns the (detached) loss. The only copy."""
+    """One optimisation step on a float batch; returns the (detached) loss. The only copy.
+
+    ``weights``: the forward reads these low-precision copies of the conv and linear weights.
+    """
     # Gradients set to None, so backward writes them rather than adding to them (a CUDA graph
     # records that once, and it skips a pass of zero-filling).
     optimizer.zero_grad(set_to_none=True)
     with autocast(x.device.type, amp_dtype):
-        loss = loss_fn(model(x), y)
+        logits = model(x) if weights is None else weights.forward(x)
+        loss = loss_fn(logits, y)
     loss.backward()
+    if weights is not None:
+        weights.pass_gradients()
     optimizer.step()
     return loss.detach()
 
@@ -260,6 +327,7 @@ def make_step(
     amp_dtype: torch.dtype | None = None,
     lr: Callable[[int], float] | None = None,
     start_step: int = 0,
+    weights: LowPrecisionWeights | None = None,
 ) -> Step:
     """The eager step; ``lr(step)`` sets the learning rate before each step."""
     counter = [start_step]
@@ -270,7 +338,7 @@ def make_step(
             for group in optimizer.param_groups:
                 group["lr"] = value
         counter[0] += 1
-        return step_body(model, optimizer, x, y, amp_dtype)
+        return step_body(model, optimizer, x, y, amp_dtype, weights)
 
     return step
 
@@ -293,7 +361,17 @@ def build_step(
         return LazyGraphedStep(
             model, optimizer, amp_dtype=plan.autocast_dtype, graph_factory=graph_factory
         )
-    return make_step(model, optimizer, amp_dtype=plan.autocast_dtype, lr=lr, start_step=start_step)
+    weights = None
+    if plan.bf16_weights and plan.autocast_dtype is not None:
+        weights = LowPrecisionWeights(model, plan.autocast_dtype)
+    return make_step(
+        model,
+        optimizer,
+        amp_dtype=plan.autocast_dtype,
+        lr=lr,
+        start_step=start_step,
+        weights=weights,
+    )
 
 
 # --------------------------------------------------------------------------- CUDA graphs

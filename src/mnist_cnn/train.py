@@ -204,6 +204,7 @@ def plan_for(config: TrainConfig, device: torch.device, *, distributed: bool = F
         plain=not config.fast,
         # A CUDA graph cannot hold DDP's collectives, nor see a learning-rate schedule.
         graph=not distributed and config.schedule == "constant",
+        distributed=distributed,
     )
 
 
