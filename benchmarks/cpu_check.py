@@ -1,7 +1,7 @@
 """The CPU targets in one run: the fast path against the plain loop, at the precision ``auto``
 picks here and in fp32, side by side, with each step's share of this machine's matmul rate.
 
-    .venv/bin/python benchmarks/cpu_check.py [--steps 300] [--out cpu_check.json]
+    .venv/bin/python benchmarks/cpu_check.py [--steps 300] [--threads N] [--out cpu_check.json]
 
 Targets (docs/speed.md): on a CPU with native bf16 the fast path ≥ 3× the plain loop; in fp32
 the fast step ≥ 85% of the machine's fp32 matrix-multiply rate. Each ``bench`` first checks that
@@ -34,10 +34,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="timed steps per loop (300)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for both loops (default: torch's; 1 is steadier on a shared machine)",
+    )
     args = parser.parse_args()
+    if args.threads < 0:
+        parser.error("--threads must be 0 (torch's default) or more")
     if os.environ.get("MNIST_CNN_DRY_RUN"):  # the docs test: start-up and arguments only
         print(f"would time {args.steps} steps per loop at --precision auto and fp32")
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     results = {}
     ok = True
