@@ -208,22 +208,23 @@ def test_the_model_card_describes_the_check(run: Path, scorer: dg.DigitScorer, t
 
 @pytest.mark.slow
 def test_rates_on_real_digits_and_non_digits(trained_run: Path, mnist) -> None:
-    """On the shared 600-step MNIST run, calibrated on 3,000 training and 1,000 validation
-    digits (the stored score uses all 55,000: docs/inspect.md gives its rates): at most 3.5% of
-    1,000 unseen test digits flagged, and at least 55% of 40 generated non-digit pictures
+    """On the shared 600-step MNIST run, calibrated on 1,500 training and 600 validation
+    digits (the stored score uses all 55,000: docs/inspect.md gives its rates): at most 4% of
+    500 unseen test digits flagged, and at least 40% of 40 generated non-digit pictures
     (letters, symbols, scribbles, shapes, paper) flagged or refused as blank. This small
-    version flags about 70% of them; chance would flag about 1.5%."""
+    version flags about 1.5% and 60% of them; a broken score flags about 1.5% of both, or
+    everything."""
     model = load_model(trained_run)[0]
     small = MNISTLike(
         name="mnist",
-        train=_head(mnist.train, 3000),
-        val=_head(mnist.val, 1000),
-        test=_head(mnist.test, 1000),
+        train=_head(mnist.train, 1500),
+        val=_head(mnist.val, 600),
+        test=_head(mnist.test, 500),
         classes=mnist.classes,
     )
     scorer = dg.calibrate(model, small)
     test = scorer.flags(scorer.scores(model, small.test.images)).mean()
-    assert test <= 0.035, test
+    assert test <= 0.04, test
     seen, refused = [], 0
     for _, picture in non_digit_pictures(40, seed=4):
         try:
@@ -231,4 +232,4 @@ def test_rates_on_real_digits_and_non_digits(trained_run: Path, mnist) -> None:
         except ImageError:
             refused += 1
     caught = (scorer.flags(scorer.scores(model, np.stack(seen))).sum() + refused) / 40
-    assert caught >= 0.55, caught
+    assert caught >= 0.40, caught
