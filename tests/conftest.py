@@ -77,25 +77,28 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
     out = tmp_path_factory.mktemp("runs") / "trained"
     result = train(config, out, data=mnist)
     assert result.test.accuracy > 0.96, result.test.accuracy
-    _store_digit_check(out, mnist)
-    return out
-
-
-def _store_digit_check(run: Path, mnist) -> None:
-    """Store the run's not-a-digit check calibrated on 3,000 training and 1,000 validation
-    digits (seconds), so that predict/serve tests read it instead of calibrating on all 60,000
-    (minutes on two cores)."""
     import dataclasses
 
-    from mnist_cnn.checkpoint import load_model
     from mnist_cnn.datasets import Split
-    from mnist_cnn.digitness import scorer_for_run
 
     def head(split: Split, n: int) -> Split:
         return Split(split.name, split.images[:n], split.labels[:n])
 
-    few = dataclasses.replace(mnist, train=head(mnist.train, 3000), val=head(mnist.val, 1000))
-    scorer_for_run(run, load_model(run)[0], data=few)
+    # 3,000 training and 1,000 validation digits.
+    _store_digit_check(
+        out, dataclasses.replace(mnist, train=head(mnist.train, 3000), val=head(mnist.val, 1000))
+    )
+    return out
+
+
+def _store_digit_check(run: Path, data) -> None:
+    """Store the run's not-a-digit check calibrated on ``data`` (a few thousand images at most:
+    seconds), so that predict/serve tests read it instead of calibrating on all of MNIST's
+    60,000 digits (minutes on two cores)."""
+    from mnist_cnn.checkpoint import load_model
+    from mnist_cnn.digitness import scorer_for_run
+
+    scorer_for_run(run, load_model(run)[0], data=data)
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +173,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     result = train(config, out, data=tiny_data)
     assert result.test.accuracy > 0.5, result.test.accuracy
+    _store_digit_check(out, tiny_data)
     return out
 
 
