@@ -25,7 +25,7 @@ from mnist_cnn import digitness as dg
 from mnist_cnn.card import build_card
 from mnist_cnn.checkpoint import load_model
 from mnist_cnn.datasets import MNISTLike
-from mnist_cnn.errors import DataError
+from mnist_cnn.errors import ConfigError, DataError
 from mnist_cnn.preprocess import ImageError, preprocess_image
 from tests.idx_util import idx_bytes
 from tests.nondigits import non_digit_pictures
@@ -73,6 +73,12 @@ def test_projection_keeps_the_cosines_of_what_it_keeps() -> None:
     assert torch.allclose(proj @ proj.T, units @ units.T, atol=1e-5)
     assert (basis[6] @ p).abs().max() < 1e-5  # the empty direction is not kept
     assert dg.leading_directions(units, 100).shape == (40, 40)  # at most D directions
+
+
+@pytest.mark.parametrize("bad", [{"k": 0}, {"dims": 0}, {"references": 0}])
+def test_calibrate_refuses_empty_settings(bad, tiny_data: MNISTLike) -> None:
+    with pytest.raises(ConfigError, match="at least 1"):
+        dg.calibrate(torch.nn.Identity(), tiny_data, **bad)  # refused before any forward pass
 
 
 def test_calibration_flags_its_share_of_validation_and_finds_its_references(

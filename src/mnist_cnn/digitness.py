@@ -6,11 +6,11 @@ neighbour among the features of every training digit: a digit lands among digits
 scribble or a shoe lands far from all of them. To keep 55,000 references small and quick to
 search, the unit feature vectors are projected onto their ``DIMS`` leading directions (the top
 eigenvectors of the training features' uncentred second-moment matrix: centring would throw away
-the direction that tells blank paper from ink) and renormalised; 55,000 × 128 float16 is 14 MB
-and one picture is scored in about a millisecond. Chosen by measurement over the maximum softmax
-probability, the energy (log-sum-exp of the logits), a class-conditional Gaussian (Mahalanobis
-distance), fewer references, other layers (pool2, pixels) and rank combinations with the energy;
-see docs/inspect.md.
+the direction that tells blank paper from ink) and renormalised; 55,000 × 128 float16 is 14 MB,
+and searching them costs about a third of a picture's forward pass. Chosen by measurement over
+the maximum softmax probability, the energy (log-sum-exp of the logits), a class-conditional
+Gaussian (Mahalanobis distance), fewer references, other layers (pool2, pixels) and rank
+combinations with the energy; see docs/inspect.md.
 
 The threshold is the ``VAL_FLAG_RATE`` quantile of the validation split's scores, so that about
 that share of real digits is flagged. All are stored in the run folder as
@@ -34,7 +34,7 @@ from torch import nn
 
 from .checkpoint import model_file
 from .datasets import MNISTLike, load_dataset, to_float
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,10 @@ def calibrate(
 ) -> DigitScorer:
     """References from the first ``references`` training digits (None: all), projected onto
     their ``dims`` leading directions; the threshold from the validation split."""
+    if not (references is None or references >= 1) or dims < 1 or k < 1:
+        raise ConfigError(
+            f"references, dims and k must be at least 1, got {references}, {dims}, {k}"
+        )
     units = F.normalize(features(model, data.train.images[:references]), dim=1)
     if len(units) == 0 or len(data.val.images) == 0:
         raise DataError("cannot calibrate the not-a-digit check: no training or validation images")
