@@ -364,9 +364,9 @@ def _check_hyperparameters(group: dict, bad: str) -> None:
         "lr": lambda v: number(v) and v > 0,
         "eps": lambda v: number(v) and v >= 0,
         "weight_decay": lambda v: number(v) and v >= 0,
-        "betas": lambda v: isinstance(v, list | tuple)
-        and len(v) == 2
-        and all(number(b) and 0 <= b < 1 for b in v),
+        "betas": lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(number(b) and 0 <= b < 1 for b in v)
+        ),
     }
     for key, ok in checks.items():
         if key in group and not ok(group[key]):
