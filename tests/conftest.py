@@ -62,12 +62,12 @@ def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
 
 def _check_digits(run: Path) -> None:
     """Calibrate the run's digit check now, once, as serving or predicting would on first use
-    (on the default data root's MNIST): tests then share the stored result."""
+    (on the default data root's MNIST; without it, a warning): tests then share the result."""
     from mnist_cnn.checkpoint import load_model
-    from mnist_cnn.digitness import scorer_for_run
+    from mnist_cnn.digitness import optional_scorer
 
     model, _ = load_model(run)
-    scorer_for_run(run, model)
+    optional_scorer(run, model)
 
 
 def _data_root() -> Path:

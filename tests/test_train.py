@@ -161,12 +161,11 @@ def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(
     """Real processes, real signals, on generated data: resume starts at the checkpoint.
 
     Two `mnist-cnn train` processes, side by side, are stopped once their first checkpoint is
-    written, one by SIGKILL, one by SIGINT (Ctrl-C: exit 130, one line saying how to resume). Each
-    run is then
-    resumed through the same command line, in this process: it must not log step 0 (it would,
-    had it started over), must log the steps after its checkpoint once each, and end with the
-    weights of the same command run without a stop (also here). The processes compute with as
-    many threads as this one, so that all of them add up floating-point sums in the same order.
+    written, one by SIGKILL, one by SIGINT (Ctrl-C: exit 130, one line saying how to resume).
+    Each run is then resumed through the same command line, in this process: it must not log
+    step 0 (it would, had it started over), must log the steps after its checkpoint once each,
+    and end with the weights of the same command run without a stop (also here). The processes
+    compute with as many threads as this one, so that all add up floating-point sums alike.
     """
     from mnist_cnn.cli import main
     from mnist_cnn.rundir import RunDir, RunState
