@@ -78,7 +78,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path, tiny_data):
 
 
 def test_the_last_step_is_always_logged(tmp_path, tiny_data):
-    config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5)
+    config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5, model=SMALL_SEED_NET)
     logs = []
     train(config, tmp_path / "run", data=tiny_data, on_log=logs.append)
     assert [r["step"] for r in logs] == [0, 5, 7]
@@ -137,7 +137,7 @@ def _weights_after(config, tmp_path, data) -> dict[str, torch.Tensor]:
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
-    config = preset_config("seed", steps=2, seed=0, device="cpu")
+    config = preset_config("seed", steps=2, seed=0, device="cpu", model=SMALL_SEED_NET)
     train(config, tmp_path / "run", data=tiny_data)
     before = _weights(tmp_path / "run")
     with pytest.raises(ConfigError, match="--resume"):
