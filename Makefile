@@ -25,17 +25,21 @@ tour: setup
 browser:
 	scripts/install-browser.sh
 
-# The whole suite under coverage (branches too; the processes tests start are measured as well),
-# then the ten slowest tests and the coverage of each module.
+# Two pytest-xdist workers (one per core, a test file each at a time; see tests/conftest.py).
+XDIST  ?= -n 2 --dist loadfile
+
+# The whole suite under coverage (branches too; the processes tests start, the workers
+# included, are measured as well), then the ten slowest tests and the coverage of each module.
 test: setup browser
 	$(PY) -m coverage erase
-	$(PY) -m coverage run -m pytest --durations=10
+	$(PY) -m coverage run -m pytest $(XDIST) --durations=10
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report
 
-# The edit-test loop: everything but real-MNIST training, the browser and torchrun (marker slow).
+# The edit-test loop: everything but real-MNIST training, the browser and other processes
+# (marker slow).
 test-fast: setup
-	$(PY) -m pytest -m "not slow" --durations=5
+	$(PY) -m pytest $(XDIST) -m "not slow" --durations=5
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

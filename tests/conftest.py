@@ -10,19 +10,65 @@ trained briefly on it) and ``tiny_fast_run`` (the fast preset's network, likewis
 
 Tiers: a test that uses ``trained_run`` is marked ``slow`` here, as is any test marked by
 hand (real-MNIST training, the browser); ``make test-fast`` deselects ``slow``.
+
+Under pytest-xdist (``make test`` runs two workers) each worker computes with one thread, and
+the run folders and data roots above are built once for the whole test run: the first worker
+to need one builds it under a file lock in the run's shared temporary folder, the others wait
+for it and read it. Tests only read them.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under pytest-xdist
 
-# Tests measure behaviour, not speed: keep them on the CPU and repeatable.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tests measure behaviour, not speed: keep them on the CPU and repeatable. Two workers on two
+# cores compute with a thread each; two threads each would fight over the cores.
+torch.set_num_threads(1 if WORKER else min(2, torch.get_num_threads()))
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test run, across workers.
+
+    Without xdist it is a fresh temporary folder. Under xdist it lives in the folder all workers
+    share; the first to ask builds it while holding a lock, and a build that failed half-way is
+    started afresh by the next (its folder holds no ``.built`` mark).
+    """
+    if WORKER is None:
+        folder = factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = factory.getbasetemp().parent / "built-once"
+    shared.mkdir(exist_ok=True)
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def _check_digits(run: Path, data) -> None:
+    """Calibrate the run's digit check now, once, on ``data`` (a few thousand images: seconds;
+    serving or predicting would calibrate on all 60,000 of MNIST's training and validation
+    digits, minutes on two cores) and store it in the run: tests then share the result."""
+    from mnist_cnn.checkpoint import load_model
+    from mnist_cnn.digitness import scorer_for_run
+
+    model, _ = load_model(run)
+    scorer_for_run(run, model, data=data)
 
 
 def _data_root() -> Path:
@@ -68,16 +114,28 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
     The seed's network with a 10× learning rate for 600 steps: quick on two cores, and accurate
     enough for tests that need a model that recognises digits.
     """
+    import dataclasses
+
+    from mnist_cnn.datasets import Split
     from mnist_cnn.train import preset_config, train
 
-    # One log record at step 0 and one at the end: each costs a pass over 5,000 images.
+    # One log record at step 0 and one at the end, on 1,000 validation images (a pass over
+    # 5,000 costs as much as 50 steps); the test accuracy is on all 10,000.
     config = preset_config(
         "seed", steps=600, lr=1e-3, seed=0, device="cpu", log_every=600, checkpoint_every=600
     )
-    out = tmp_path_factory.mktemp("runs") / "trained"
-    result = train(config, out, data=mnist)
-    assert result.test.accuracy > 0.96, result.test.accuracy
-    return out
+    val = Split("val", mnist.val.images[:1000], mnist.val.labels[:1000])
+    # Its digit check from 3,000 training and the same 1,000 validation digits.
+    few = dataclasses.replace(
+        mnist, train=Split("train", mnist.train.images[:3000], mnist.train.labels[:3000]), val=val
+    )
+
+    def build(folder: Path) -> None:
+        result = train(config, folder / "run", data=dataclasses.replace(mnist, val=val))
+        assert result.test.accuracy > 0.96, result.test.accuracy
+        _check_digits(folder / "run", few)
+
+    return built_once(tmp_path_factory, "trained", build) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +175,13 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from .idx_util import write_dataset
 
-    root = tmp_path_factory.mktemp("tiny-data")
-    for seed, name in enumerate(("mnist", "fashion-mnist")):
-        write_dataset(
-            root / name, TINY_TRAIN, TINY_TEST, seed=seed, learnable=True, label_noise=0.1
-        )
-    return root
+    def build(root: Path) -> None:
+        for seed, name in enumerate(("mnist", "fashion-mnist")):
+            write_dataset(
+                root / name, TINY_TRAIN, TINY_TEST, seed=seed, learnable=True, label_noise=0.1
+            )
+
+    return built_once(tmp_path_factory, "tiny-data", build)
 
 
 @pytest.fixture(scope="session")
@@ -149,10 +208,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
     config = preset_config(
         "seed", steps=40, lr=1e-3, seed=0, device="cpu", log_every=20, checkpoint_every=20
     )
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = train(config, out, data=tiny_data)
-    assert result.test.accuracy > 0.5, result.test.accuracy
-    return out
+
+    def build(folder: Path) -> None:
+        result = train(config, folder / "run", data=tiny_data)
+        assert result.test.accuracy > 0.5, result.test.accuracy
+        _check_digits(folder / "run", tiny_data)
+
+    return built_once(tmp_path_factory, "tiny-run", build) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -164,10 +226,12 @@ def tiny_fast_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
     config = preset_config(
         "fast", steps=30, batch_size=32, seed=0, device="cpu", log_every=10, checkpoint_every=30
     )
-    out = tmp_path_factory.mktemp("runs") / "tiny-fast"
-    result = train(config, out, data=tiny_data)
-    assert result.test.accuracy > 0.3, result.test.accuracy
-    return out
+
+    def build(folder: Path) -> None:
+        result = train(config, folder / "run", data=tiny_data)
+        assert result.test.accuracy > 0.3, result.test.accuracy
+
+    return built_once(tmp_path_factory, "tiny-fast-run", build) / "run"
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -17,6 +17,7 @@ def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a process of its own: starting one costs seconds
 def test_train_then_evaluate_end_to_end(tmp_path, tiny_root, capsys):
     """`python -m mnist_cnn train` as a real process (its stdout, an empty stderr without a
     terminal), then `evaluate` on the run it wrote, in this process.

@@ -48,6 +48,7 @@ def _assert_matches(onnx_file: Path, model: torch.nn.Module, images: torch.Tenso
         assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.slow  # an ONNX export and its runtime: seconds (the fast tier skips it)
 def test_cli_export_matches_pytorch_on_test_images(exported: Path, model_file: Path, mnist, capsys):
     assert [p.name for p in exported.parent.iterdir()] == ["model.onnx"]  # no temp left
     model, _ = load_model(model_file)
@@ -65,6 +66,7 @@ def test_cli_export_matches_pytorch_on_test_images(exported: Path, model_file: P
     assert out_dims == [in_dims[0], 10]
 
 
+@pytest.mark.slow  # an ONNX export and its runtime: seconds (the fast tier skips it)
 def test_the_fast_preset_network_exports(tiny_fast_run: Path, tiny_data, tmp_path: Path, capsys):
     """Batch norm (folded in eval mode) and 3×3 kernels: the fast preset's network in ONNX."""
     out = tmp_path / "fast.onnx"
@@ -75,6 +77,7 @@ def test_the_fast_preset_network_exports(tiny_fast_run: Path, tiny_data, tmp_pat
     _assert_matches(out, model, tiny_data.test.images)
 
 
+@pytest.mark.slow  # an ONNX export and its runtime: seconds (the fast tier skips it)
 def test_the_check_refuses_a_file_of_another_network(exported: Path, model_file: Path):
     """The check that guards every export: a file whose logits differ is refused."""
     model, _ = load_model(model_file)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mnist_cnn.serve import DigitSet, create_app
 
-from .hostile_util import tiny_model_file
+from .hostile_util import store_digit_check, tiny_model_file
 
 FUZZ = settings(
     max_examples=30,
@@ -59,7 +59,7 @@ array_bodies = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory):
-    path = tiny_model_file(tmp_path_factory.mktemp("api") / "model.safetensors")
+    path = store_digit_check(tiny_model_file(tmp_path_factory.mktemp("api") / "model.safetensors"))
     rng = np.random.default_rng(0)
     digits = DigitSet(rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), np.arange(20) % 10)
     app = create_app(path, max_body_bytes=LIMIT, test_digits=digits)

@@ -193,6 +193,7 @@ def test_confusion_and_confident_mistakes() -> None:
     assert {t.get_text() for t in fig.axes[0].texts} == {"1", "2"}
 
 
+@pytest.mark.slow  # four whole figures: seconds of drawing (the fast tier skips it)
 def test_cli_features_filters_plot(tiny_run: Path, tiny_root: Path, tmp_path: Path, capsys) -> None:
     own = tmp_path / "my digit.png"
     Image.fromarray(np.full((40, 30), 255, np.uint8)).save(own)  # blank: refused below

@@ -71,6 +71,7 @@ def test_predict_and_features_name_the_class(
     assert true in CLASSES and predicted in CLASSES, line
 
 
+@pytest.mark.slow  # a whole document: seconds of drawing (the fast tier skips it)
 def test_report_shows_the_class_names(fashion_run: Path, tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     assert main(["report", str(fashion_run), "-o", str(out), "--data-dir", str(tiny_root)]) == 0

@@ -15,6 +15,7 @@ from mnist_cnn import cli
 from mnist_cnn.errors import CheckpointError
 
 
+@pytest.mark.slow  # a whole document: seconds of drawing (the fast tier skips it)
 def test_report_is_one_self_contained_file(tiny_run: Path, tiny_root: Path, tmp_path) -> None:
     """On the briefly trained run and its generated test set (101 images, some mislabelled, so
     there are mistakes to show): the report's numbers are the run's."""

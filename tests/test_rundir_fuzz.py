@@ -231,3 +231,28 @@ def test_damaged_checkpoint_resumes_or_says_why(runs, data):
         loss_fn(model(torch.rand(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
         optimizer.step()
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("betas", [1, 0.999]), ("betas", [0.9, -0.1]), ("eps", -1e-8), ("weight_decay", -1.0)],
+)
+def test_adam_settings_outside_their_range_are_refused(runs, where, value):
+    """Found by the fuzz test above: a beta of 1 makes Adam divide by 1 - 1 = 0, and the
+    first step after the resume filled every weight with NaN."""
+    source = runs["stopped"] / "checkpoint.safetensors"
+    tensors = load_file(str(source))
+    with safe_open(str(source), "pt") as fh:
+        meta = json.loads(fh.metadata()["meta"])
+    meta["optimizer"]["param_groups"][0][where] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        shutil.copytree(runs["stopped"], run)
+        checkpoint._write(run / "checkpoint.safetensors", tensors, meta)
+        folder = RunDir(run)
+        _, config = _resume_config(folder, None, None)
+        plan = plan_for(config, torch.device("cpu"))
+        model = prepare_model(build_model(config.model), plan)
+        optimizer = make_optimizer(model.parameters(), config.lr, plan)
+        with pytest.raises(MnistCnnError, match=f"optimizer state does not fit \\({where} "):
+            restore(folder, model, optimizer, config)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .hostile_util import tiny_model_file
+from .hostile_util import store_digit_check, tiny_model_file
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def live(tmp_path_factory: pytest.TempPathFactory):
     import httpx
 
-    path = tiny_model_file(tmp_path_factory.mktemp("mem") / "model.safetensors")
+    path = store_digit_check(tiny_model_file(tmp_path_factory.mktemp("mem") / "model.safetensors"))
     with server(path) as (url, pid):
         httpx.post(url + "api/predict", content=drawing(), timeout=60).raise_for_status()
         yield url, pid

@@ -63,6 +63,8 @@ SMALL_SEED_NET = ModelConfig(conv1_channels=8, conv2_channels=16, hidden=32)
 
 
 def test_same_seed_same_weights_on_cpu(tmp_path, tiny_data):
+    import dataclasses
+
     config = preset_config(
         "seed", steps=15, seed=5, device="cpu", log_every=100, model=SMALL_SEED_NET
     )
@@ -70,12 +72,13 @@ def test_same_seed_same_weights_on_cpu(tmp_path, tiny_data):
     b = train(config, tmp_path / "b", data=tiny_data)
     wa, wb = _weights(a.run_dir), _weights(b.run_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(preset_config("seed", steps=15, seed=6, device="cpu"), tmp_path / "c", data=tiny_data)
+    other = dataclasses.replace(config, seed=6)
+    c = train(other, tmp_path / "c", data=tiny_data)
     assert not torch.equal(wa["fc1.weight"], _weights(c.run_dir)["fc1.weight"])
 
 
 def test_the_last_step_is_always_logged(tmp_path, tiny_data):
-    config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5)
+    config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5, model=SMALL_SEED_NET)
     logs = []
     train(config, tmp_path / "run", data=tiny_data, on_log=logs.append)
     assert [r["step"] for r in logs] == [0, 5, 7]
@@ -134,7 +137,7 @@ def _weights_after(config, tmp_path, data) -> dict[str, torch.Tensor]:
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
-    config = preset_config("seed", steps=2, seed=0, device="cpu")
+    config = preset_config("seed", steps=2, seed=0, device="cpu", model=SMALL_SEED_NET)
     train(config, tmp_path / "run", data=tiny_data)
     before = _weights(tmp_path / "run")
     with pytest.raises(ConfigError, match="--resume"):
@@ -151,58 +154,58 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120
         time.sleep(0.05)
 
 
-@pytest.mark.slow  # five processes; the in-process resume test is in the fast tier
-def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(tmp_path, tiny_root):
+@pytest.mark.slow  # two processes; the in-process resume tests are in the fast tier
+def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(
+    tmp_path, tiny_root, monkeypatch, capsys
+):
     """Real processes, real signals, on generated data: resume starts at the checkpoint.
 
-    Each resumed process must not log step 0 (it would, had it started over) and must log the
-    steps after its checkpoint once each; its weights equal a run that never stopped.
+    Two `mnist-cnn train` processes, side by side, are stopped once their first checkpoint is
+    written, one by SIGKILL, one by SIGINT (Ctrl-C: exit 130, one line saying how to resume).
+    Each run is then resumed through the same command line, in this process: it must not log
+    step 0 (it would, had it started over), must log the steps after its checkpoint once each,
+    and end with the weights of the same command run without a stop (also here). The processes
+    compute with as many threads as this one, so that all add up floating-point sums alike.
     """
-    env = {**os.environ, "MNIST_CNN_DATA": str(tiny_root)}
-    common = [
-        "--steps",
-        "40",
-        "--checkpoint-every",
-        "10",
-        "--log-every",
-        "40",
-        "--eval-batch-size",
-        "1000",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-    ]
-    ref = _cli("train", *common, "--out", str(tmp_path / "ref"), env=env)
+    from mnist_cnn.cli import main
+    from mnist_cnn.rundir import RunDir, RunState
 
+    env = {
+        **os.environ,
+        "MNIST_CNN_DATA": str(tiny_root),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
+    monkeypatch.setenv("MNIST_CNN_DATA", str(tiny_root))
+    common = ["--steps", "20", "--checkpoint-every", "5", "--log-every", "20"]
+    common += ["--eval-batch-size", "1000", "--seed", "3", "--device", "cpu"]
     killed = _cli("train", *common, "--out", str(tmp_path / "killed"), env=env)
+    stopped = _cli("train", *common, "--out", str(tmp_path / "stopped"), env=env)
     _wait_for_checkpoint(tmp_path / "killed", killed)
     killed.send_signal(signal.SIGKILL)
     killed.communicate(timeout=60)
     assert killed.returncode == -signal.SIGKILL
 
-    stopped = _cli("train", *common, "--out", str(tmp_path / "stopped"), env=env)
     _wait_for_checkpoint(tmp_path / "stopped", stopped)
     stopped.send_signal(signal.SIGINT)
     _, err = stopped.communicate(timeout=120)
     assert stopped.returncode == 130, err
     assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
 
-    out, err = ref.communicate(timeout=300)
-    assert ref.returncode == 0, err
+    assert main(["train", *common, "--out", str(tmp_path / "ref")]) == 0
+    capsys.readouterr()
     reference = _weights(tmp_path / "ref")
     for name in ("killed", "stopped"):
-        again = _cli("train", "--resume", str(tmp_path / name), env=env)
-        out, err = again.communicate(timeout=300)
-        assert again.returncode == 0, err
+        assert RunDir(tmp_path / name).state() is RunState.CHECKPOINTED, name  # not finished
+        assert main(["train", "--resume", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
         logged = [
             int(line.split(",")[0].split()[1])
             for line in out.splitlines()
             if line.startswith("step ")
         ]
-        assert logged and logged[0] > 0 and logged[-1] == 40, (name, out)  # not from step 0
-        assert "trained 40 steps" in out, out
+        assert logged and logged[0] > 0 and logged[-1] == 20, (name, out)  # not from step 0
+        assert "trained 20 steps" in out, out
         resumed = _weights(tmp_path / name)
         assert all(torch.equal(reference[k], resumed[k]) for k in reference), name
         steps = [json.loads(x)["step"] for x in (tmp_path / name / "metrics.jsonl").open()]
-        assert steps == [0, 40], (name, steps)
+        assert steps == [0, 20], (name, steps)

@@ -23,6 +23,7 @@ from markupsafe import Markup
 
 from . import rundir
 from .checkpoint import load_model, model_file
+from .digitness import VAL_FLAG_RATE, K, stored_scorer
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 from .rundir import CONFIG_FILE, CURVES_FILE, RESULTS_FILE, RunDir, run_classes
@@ -210,6 +211,14 @@ def build_card(run: str | os.PathLike[str]) -> str:
             if isinstance(a, (int, float))
         ]
     template = environment().get_template("card.md.j2")
+    scorer = stored_scorer(folder)
+    digit_check = {
+        "references": len(scorer.references) if scorer else None,
+        "dims": int(scorer.references.shape[1]) if scorer else None,
+        "k": scorer.k if scorer else K,
+        "threshold": f"{scorer.threshold:.4f}" if scorer else None,
+        "val_flag_rate": f"{100 * VAL_FLAG_RATE:g}%",
+    }
     return template.render(
         front_matter=Markup(_yaml(front)),
         name=name,
@@ -228,6 +237,7 @@ def build_card(run: str | os.PathLike[str]) -> str:
         command=command,
         unflagged=unflagged,
         machine=machine,
+        digit_check=digit_check,
     )
 
 

@@ -354,6 +354,25 @@ def _same_kind(saved: Any, current: Any) -> bool:
     return type(saved) is type(current)
 
 
+def _check_hyperparameters(group: dict, bad: str) -> None:
+    """Adam's settings within the ranges its update is defined on (a beta of 1 divides by 0)."""
+
+    def number(value: Any) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)
+
+    checks = {
+        "lr": lambda v: number(v) and v > 0,
+        "eps": lambda v: number(v) and v >= 0,
+        "weight_decay": lambda v: number(v) and v >= 0,
+        "betas": lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(number(b) and 0 <= b < 1 for b in v)
+        ),
+    }
+    for key, ok in checks.items():
+        if key in group and not ok(group[key]):
+            raise CheckpointError(f"{bad} ({key} {_short(group[key])})")
+
+
 def _check_optimizer(
     tensors: dict[str, torch.Tensor], meta: Any, optimizer: torch.optim.Optimizer, path: Path
 ) -> dict:
@@ -372,8 +391,7 @@ def _check_optimizer(
                 raise CheckpointError(f"{bad} (params {_short(saved[key])})")
             if key != "params" and not _same_kind(saved[key], value):
                 raise CheckpointError(f"{bad} ({key} {_short(saved[key])})")
-        if not saved["lr"] > 0:
-            raise CheckpointError(f"{bad} (lr {_short(saved['lr'])})")
+        _check_hyperparameters(saved, bad)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     shapes = dict(enumerate(tuple(p.shape) for p in params))
     if not isinstance(scalars, dict) or not all(
@@ -394,6 +412,8 @@ def _check_optimizer(
             raise CheckpointError(f"{bad} ({name[:60]} has shape {tuple(value.shape)})")
         if not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{bad} ({name[:60]} holds NaN or infinite values)")
+        if parts[2] in ("step", "exp_avg_sq", "max_exp_avg_sq") and bool((value < 0).any()):
+            raise CheckpointError(f"{bad} ({name[:60]} holds negative values)")
     state = _unflatten_optimizer(tensors, meta)
     # Adam keeps the same entries for every parameter, or none before its first step.
     keys = {"step", "exp_avg", "exp_avg_sq"}

@@ -170,11 +170,14 @@ def measure_peak_memory(device: torch.device) -> Iterator[PeakMemory]:
     if device.type != "cpu":
         yield result
         return
+    # The peak mark is reset before the starting point is read: memory another thread frees
+    # in between would otherwise leave the start above the new mark, hiding the block's growth.
+    reset = _reset_peak_rss()
     start = _status_kib("VmRSS")
     if start is None:
         yield result
         return
-    if _reset_peak_rss():
+    if reset:
         yield result
         peak = _status_kib("VmHWM") or start
         result.peak_rss_growth = max(0, peak - start) * 1024
