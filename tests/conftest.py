@@ -153,10 +153,37 @@ def small_mnist(mnist):
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that need ``trained_run`` (real-MNIST training) belong to the slow tier."""
+    """Tests that need ``trained_run`` (real-MNIST training) belong to the slow tier.
+
+    Files are then ordered for two workers that take a file at a time: the first file that
+    needs ``trained_run`` leads (one worker builds it), the other files with slow tests follow
+    (the other worker takes them meanwhile instead of waiting for the build), then the rest of
+    ``trained_run``'s files and the quick files. Tests keep their order within a file.
+    """
     for item in items:
         if "trained_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(str(item.path), []).append(item)
+
+    def needs_run(group: list[pytest.Item]) -> bool:
+        return any("trained_run" in getattr(i, "fixturenames", ()) for i in group)
+
+    def slow(group: list[pytest.Item]) -> bool:
+        return any(i.get_closest_marker("slow") for i in group)
+
+    first = next((f for f, group in files.items() if needs_run(group)), None)
+
+    def rank(name: str) -> int:
+        group = files[name]
+        if name == first:
+            return 0
+        if slow(group) and not needs_run(group):
+            return 1
+        return 2 if needs_run(group) else 3
+
+    items[:] = [i for name in sorted(files, key=rank) for i in files[name]]
 
 
 # --------------------------------------------------------------------------- generated data
