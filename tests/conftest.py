@@ -156,9 +156,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need ``trained_run`` (real-MNIST training) belong to the slow tier.
 
     Files are then ordered for two workers that take a file at a time: the first file that
-    needs ``trained_run`` leads (one worker builds it), the other files with slow tests follow
-    (the other worker takes them meanwhile instead of waiting for the build), then the rest of
-    ``trained_run``'s files and the quick files. Tests keep their order within a file.
+    needs ``trained_run`` leads, the other files with slow tests follow (one worker builds the
+    run first, see below; the other takes these meanwhile instead of waiting for it), then the
+    rest of ``trained_run``'s files and the quick files. Tests keep their order within a file.
     """
     for item in items:
         if "trained_run" in getattr(item, "fixturenames", ()):
@@ -184,6 +184,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 2 if needs_run(group) else 3
 
     items[:] = [i for name in sorted(files, key=rank) for i in files[name]]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[NEEDS_TRAINED_RUN] = any(
+        "trained_run" in getattr(item, "fixturenames", ()) for item in session.items
+    )
+
+
+NEEDS_TRAINED_RUN = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _first_worker_builds_the_trained_run(request: pytest.FixtureRequest) -> None:
+    """Under xdist, the first worker builds ``trained_run`` before its first test (when any
+    test will need it), while the other takes the slow files that do not need it."""
+    if WORKER == "gw0" and request.config.stash.get(NEEDS_TRAINED_RUN, False):
+        request.getfixturevalue("trained_run")
 
 
 # --------------------------------------------------------------------------- generated data

@@ -146,14 +146,6 @@ def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the old run is untouched
 
 
-def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not (run / "checkpoint.safetensors").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow  # two processes; the in-process resume tests are in the fast tier
 def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(
     tmp_path, tiny_root, monkeypatch, capsys
@@ -176,17 +168,24 @@ def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
     }
     monkeypatch.setenv("MNIST_CNN_DATA", str(tiny_root))
-    common = ["--steps", "20", "--checkpoint-every", "5", "--log-every", "20"]
+    common = ["--steps", "40", "--checkpoint-every", "5", "--log-every", "40"]
     common += ["--eval-batch-size", "1000", "--seed", "3", "--device", "cpu"]
     killed = _cli("train", *common, "--out", str(tmp_path / "killed"), env=env)
     stopped = _cli("train", *common, "--out", str(tmp_path / "stopped"), env=env)
-    _wait_for_checkpoint(tmp_path / "killed", killed)
-    killed.send_signal(signal.SIGKILL)
+    # Each is stopped as soon as its first checkpoint is there (both are watched at once: the
+    # second must not run to its end while the first is handled).
+    signals = {"killed": (killed, signal.SIGKILL), "stopped": (stopped, signal.SIGINT)}
+    deadline = time.monotonic() + 120
+    while signals:
+        for name, (proc, sig) in list(signals.items()):
+            assert proc.poll() is None, (name, proc.communicate())  # finished before a stop
+            if (tmp_path / name / "checkpoint.safetensors").exists():
+                proc.send_signal(sig)
+                del signals[name]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
     killed.communicate(timeout=60)
     assert killed.returncode == -signal.SIGKILL
-
-    _wait_for_checkpoint(tmp_path / "stopped", stopped)
-    stopped.send_signal(signal.SIGINT)
     _, err = stopped.communicate(timeout=120)
     assert stopped.returncode == 130, err
     assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
@@ -203,9 +202,9 @@ def test_resume_after_sigkill_and_ctrl_c_gives_identical_weights(
             for line in out.splitlines()
             if line.startswith("step ")
         ]
-        assert logged and logged[0] > 0 and logged[-1] == 20, (name, out)  # not from step 0
-        assert "trained 20 steps" in out, out
+        assert logged and logged[0] > 0 and logged[-1] == 40, (name, out)  # not from step 0
+        assert "trained 40 steps" in out, out
         resumed = _weights(tmp_path / name)
         assert all(torch.equal(reference[k], resumed[k]) for k in reference), name
         steps = [json.loads(x)["step"] for x in (tmp_path / name / "metrics.jsonl").open()]
-        assert steps == [0, 20], (name, steps)
+        assert steps == [0, 40], (name, steps)
