@@ -111,7 +111,7 @@ def test_sigkill_at_random_moments_always_resumes_to_identical_weights(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic in every process, and cheap steps
     try:
-        config = tiny_config(steps=30, checkpoint_every=1, log_every=4)
+        config = tiny_config(steps=60, checkpoint_every=1, log_every=4)  # room for 8 kills
         ref = train(config, tmp_path / "ref", data=DATA)
         per_step = ref.seconds / config.steps  # checkpoint writes included
         run = tmp_path / "run"
