@@ -131,6 +131,24 @@ def test_stored_with_the_run_and_recomputed_when_stale(
     assert dg.optional_scorer(other, model, data_dir=tmp_path / "no-data") is None
 
 
+def test_a_stored_check_for_other_features_is_not_used(
+    run: Path, scorer: dg.DigitScorer, model, tmp_path: Path
+) -> None:
+    """A file that names this model but projects features of another width (written by hand or
+    by a bug) is recalibrated, not used: scoring with it would fail on every picture."""
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    digest = dg._model_digest(other)
+    wide, dims = scorer.projection.shape
+    wrong = dg.DigitScorer(
+        scorer.references, scorer.threshold, scorer.k, torch.zeros(wide + 1, dims)
+    )
+    dg._store(other / dg.DIGITNESS_FILE, wrong, digest)
+    assert dg._read(other / dg.DIGITNESS_FILE, digest) is not None  # a valid file in itself
+    with pytest.raises(DataError, match="mnist"):  # so it must be calibrated: no data here
+        dg.scorer_for_run(other, model, data_dir=tmp_path / "no-data")
+
+
 def test_predict_says_not_sure(
     run: Path, scorer: dg.DigitScorer, model, tiny_data: MNISTLike, tmp_path: Path, capsys
 ) -> None:

@@ -224,6 +224,10 @@ def scorer_for_run(
     folder = model_file(run).parent
     digest = _model_digest(run)
     stored = _read(folder / DIGITNESS_FILE, digest)
+    width = getattr(getattr(model, "fc1", None), "out_features", None)
+    projection = stored.projection if stored is not None else None
+    if projection is not None and width is not None and projection.shape[0] != width:
+        stored = None  # made for features of another width: not usable with this model
     if stored is not None:
         return stored
     if data is None:
