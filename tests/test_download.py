@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -275,3 +276,24 @@ def test_recompressed_file_passes_the_content_digest_only(
     assert "as the .gz's SHA-256" in _fails(IMAGES, [server.url("again")], dest, pinned)
     content_only = Checksums(sha256=SHA[IMAGES])
     assert download_file(IMAGES, [server.url("again")], dest, content_only).read_bytes() == again
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "network"),
+    [
+        (TimeoutError(), "timed out", True),
+        (ConnectionRefusedError(), "connection refused", True),
+        (socket.gaierror(-2, "Name or service not known"), "host not found", True),
+        (ConnectionResetError(), "connection reset", True),
+        (ssl.SSLError(1, "wrong version number"), "TLS error", False),
+        (OSError(5, "Input/output\nerror"), "Input/output error", True),
+    ],
+)
+def test_socket_errors_become_short_reasons(error: OSError, reason: str, network: bool) -> None:
+    """Each socket-level failure is named in a few words (on one line), and marked as network
+    trouble where retrying another mirror or later may help."""
+    from mnist_cnn import download
+
+    failure = download._os_failure(error)
+    assert reason in str(failure) and "\n" not in str(failure)
+    assert failure.network is network
