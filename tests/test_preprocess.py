@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,38 @@ def model_for_preprocess(trained_run):
     from mnist_cnn.checkpoint import load_model
 
     return load_model(trained_run)[0]
+
+
+def _big_seven(mode: str, side: int = 1_400) -> Image.Image:
+    """A dark 7 on white paper, larger than the work size (so it is shrunk first), in ``mode``."""
+    gray = np.full((side, side), 255, np.uint8)
+    gray[200:320, 300:1_100] = 0  # the bar
+    for r in range(320, 1_200):  # the stem
+        c = 1_100 - (r - 320) * 500 // 880
+        gray[r, c - 60 : c + 60] = 0
+    img = Image.fromarray(gray)
+    if mode == "I;16":
+        return Image.fromarray(gray.astype(np.uint16) * 257)
+    if mode == "LA":
+        return Image.merge("LA", (img, Image.new("L", img.size, 255)))
+    return img.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["LA", "I;16", "CMYK", "P", "1"])
+def test_large_pictures_of_every_mode_shrink_to_the_same_digit(mode: str) -> None:
+    """Pictures over the work size are shrunk before any float work, whatever their mode
+    (alpha, 16-bit, CMYK, palette, bilevel): each gives the 28×28 of the plain gray picture
+    (within a few gray levels on average: resampling differs by mode)."""
+    reference = preprocess_image(_big_seven("L"))
+    out = preprocess_image(_big_seven(mode))
+    assert out.shape == (28, 28)
+    assert np.abs(out.astype(float) - reference.astype(float)).mean() < 8, mode
+
+
+def test_a_folder_and_an_empty_file_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="is a folder, not an image"):
+        load_image(tmp_path)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        load_image(empty)

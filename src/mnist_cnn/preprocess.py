@@ -67,7 +67,10 @@ def shrink_for_work(image: Image.Image) -> Image.Image:
     if factor == 1:
         return image
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return image.convert("RGBa").reduce(factor).convert("RGBA")
+        # Premultiplied, so transparent pixels' colours do not bleed into the averages (Pillow
+        # converts only RGBA to RGBa: gray and palette images with alpha go through RGBA).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        return rgba.convert("RGBa").reduce(factor).convert("RGBA")
     if image.mode.startswith("I;16"):
         image = image.convert("I")  # keep 16 bits; reduce() takes 32-bit integers
     if image.mode not in ("L", "RGB", "I", "F", "CMYK"):
