@@ -226,3 +226,12 @@ def test_a_folder_and_an_empty_file_are_named(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(ImageError, match="empty file"):
         load_image(empty)
+
+
+def test_a_perfectly_flat_frame_is_paper() -> None:
+    """Found by the fuzz test: a frame of one gray level (a clean drawing on gray paper) asked
+    numpy for 32 histogram bins inside a range float32 cannot split (ValueError)."""
+    gray = np.full((37, 37), 171, np.uint8)
+    gray[12:26, 17:20] = 20  # a dark stroke: a 1
+    out = preprocess_image(gray)
+    assert out.shape == (28, 28) and out.max() > 100

@@ -254,7 +254,9 @@ def _paper_level(gray: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.nd
     values = gray[frame]
     design = np.stack([ys / h, xs / w, np.ones_like(values)], axis=1)
     lo, hi = float(values.min()), float(values.max())
-    span = max(hi - lo, 1e-6)
+    # A floor well above float32's resolution near 1 (and below one 8-bit step, 1/255): a
+    # flat frame would otherwise ask for 32 bins inside a range float32 cannot split.
+    span = max(hi - lo, 1e-3)
     counts, edges = np.histogram(values, bins=PAPER_BINS, range=(lo, lo + span / 2))
     counts = np.convolve(counts, [1, 2, 1], mode="same")  # one noisy bin is no peak
     peak = int(np.argmax(counts))
