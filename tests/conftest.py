@@ -153,37 +153,10 @@ def small_mnist(mnist):
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that need ``trained_run`` (real-MNIST training) belong to the slow tier.
-
-    Files are then ordered for two workers that take a file at a time: the first file that
-    needs ``trained_run`` leads, the other files with slow tests follow (one worker builds the
-    run first, see below; the other takes these meanwhile instead of waiting for it), then the
-    rest of ``trained_run``'s files and the quick files. Tests keep their order within a file.
-    """
+    """Tests that need ``trained_run`` (real-MNIST training) belong to the slow tier."""
     for item in items:
         if "trained_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    files: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        files.setdefault(str(item.path), []).append(item)
-
-    def needs_run(group: list[pytest.Item]) -> bool:
-        return any("trained_run" in getattr(i, "fixturenames", ()) for i in group)
-
-    def slow(group: list[pytest.Item]) -> bool:
-        return any(i.get_closest_marker("slow") for i in group)
-
-    first = next((f for f, group in files.items() if needs_run(group)), None)
-
-    def rank(name: str) -> int:
-        group = files[name]
-        if name == first:
-            return 0
-        if slow(group) and not needs_run(group):
-            return 1
-        return 2 if needs_run(group) else 3
-
-    items[:] = [i for name in sorted(files, key=rank) for i in files[name]]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -198,7 +171,9 @@ NEEDS_TRAINED_RUN = pytest.StashKey[bool]()
 @pytest.fixture(scope="session", autouse=True)
 def _first_worker_builds_the_trained_run(request: pytest.FixtureRequest) -> None:
     """Under xdist, the first worker builds ``trained_run`` before its first test (when any
-    test will need it), while the other takes the slow files that do not need it."""
+    test will need it), so that the build starts at once rather than when a file that needs it
+    comes up (the other worker may still have to wait for it: xdist hands out files in an
+    order of its own)."""
     if WORKER == "gw0" and request.config.stash.get(NEEDS_TRAINED_RUN, False):
         request.getfixturevalue("trained_run")
 
