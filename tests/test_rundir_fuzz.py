@@ -256,3 +256,34 @@ def test_adam_settings_outside_their_range_are_refused(runs, where, value):
         optimizer = make_optimizer(model.parameters(), config.lr, plan)
         with pytest.raises(MnistCnnError, match=f"optimizer state does not fit \\({where} "):
             restore(folder, model, optimizer, config)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("amsgrad", None), ("fused", None), ("capturable", True), ("maximize", True)],
+)
+def test_how_adam_computes_is_the_live_optimizers_not_the_files(runs, flag, value):
+    """Found by the fuzz test above: ``"amsgrad": null`` passed the type check (a flag may be
+    null) and then reached the fused kernel, which raised a TypeError mid-resume. The file's
+    flags are only checked; the optimizer keeps the ones it was built with."""
+    source = runs["stopped"] / "checkpoint.safetensors"
+    tensors = load_file(str(source))
+    with safe_open(str(source), "pt") as fh:
+        meta = json.loads(fh.metadata()["meta"])
+    meta["optimizer"]["param_groups"][0][flag] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        shutil.copytree(runs["stopped"], run)
+        checkpoint._write(run / "checkpoint.safetensors", tensors, meta)
+        folder = RunDir(run)
+        _, config = _resume_config(folder, None, None)
+        plan = plan_for(config, torch.device("cpu"))
+        model = prepare_model(build_model(config.model), plan)
+        optimizer = make_optimizer(model.parameters(), config.lr, plan)
+        built = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        restore(folder, model, optimizer, config)
+        after = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        assert after[flag] == built[flag]
+        loss_fn(model(torch.rand(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
+        optimizer.step()
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -392,6 +392,17 @@ def _check_optimizer(
             if key != "params" and not _same_kind(saved[key], value):
                 raise CheckpointError(f"{bad} ({key} {_short(saved[key])})")
         _check_hyperparameters(saved, bad)
+    # How the update is computed (fused, foreach, capturable, amsgrad ...) belongs to the
+    # optimizer this process built for its device, not to the file: a flag from the file
+    # (null where the kernel wants a bool, or capturable from a GPU run) would reach the kernel.
+    meta = dict(meta)
+    meta["param_groups"] = [
+        {
+            k: live_v if isinstance(live_v, bool) or live_v is None else saved[k]
+            for k, live_v in current.items()
+        }
+        for saved, current in zip(groups, live["param_groups"], strict=True)
+    ]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     shapes = dict(enumerate(tuple(p.shape) for p in params))
     if not isinstance(scalars, dict) or not all(
