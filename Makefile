@@ -26,7 +26,7 @@ browser:
 	scripts/install-browser.sh
 
 # Two pytest-xdist workers (one per core, a test file each at a time; see tests/conftest.py).
-XDIST  ?= -n 2 --dist loadfile
+XDIST  ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 # The whole suite under coverage (branches too; the processes tests start, the workers
 # included, are measured as well), then the ten slowest tests and the coverage of each module.

@@ -435,7 +435,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _setup_serve(sub: argparse._SubParsersAction) -> None:
-    from .serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
+    from .limits import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
 
     p = sub.add_parser(
         "serve",

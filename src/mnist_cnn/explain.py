@@ -21,16 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from .datasets import IMAGE_SIZE, to_float
 from .errors import ConfigError, MnistCnnError
 from .plotting import GRAY, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHODS = ("gradient-x-input", "integrated-gradients", "occlusion")
 METHOD_TITLES = {

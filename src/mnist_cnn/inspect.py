@@ -26,20 +26,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib import colormaps
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator
 from torch import nn
 
 from .datasets import IMAGE_SIZE, Split, to_float
 from .errors import ConfigError, MnistCnnError
 from .plotting import DPI, GRAY, new_figure, save_figure
 from .rundir import CURVES_FILE, METRICS_FILE, RunDir
+
+if TYPE_CHECKING:  # the drawing functions import matplotlib when they run (see plotting.py)
+    from matplotlib.figure import Figure
 
 MAP_LAYERS = ("conv1", "pool1", "conv2", "pool2")  # activations that are stacks of 2-D maps
 FILTER_LAYERS = ("conv1", "conv2")
@@ -309,6 +308,8 @@ def plot_filters(weights: np.ndarray, layer: str = "conv1") -> Figure:
             (left / width, bottom / height, w * px / width, h * px / height),
             label=f"{layer}[mosaic]",
         )
+        from matplotlib import colormaps
+
         cmap = colormaps[GRAY].with_extremes(bad="#b9d3ee")  # gaps between tiles: light blue
         im = ax.imshow(mosaic, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
         step = k + 1
@@ -383,6 +384,8 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
             color="C1",
         )
     ax_err.set_title("validation error, % (log scale)", fontsize=10)
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3×10⁻¹
     for ax in (ax_loss, ax_err):
         if ax.get_yscale() == "log":
@@ -476,6 +479,8 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str] | None = None) 
     names = [_class_name(classes, i) for i in range(k)]
     fig = new_figure(6.2, 5.4)
     ax = fig.add_subplot()
+    from matplotlib.colors import LogNorm
+
     shown = np.ma.masked_equal(confusion, 0)
     top = max(int(confusion.max()), 2)
     im = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=top), interpolation="nearest")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 from .fileio import atomic_path
+
+if TYPE_CHECKING:  # matplotlib loads when the first figure is made: commands that draw
+    from matplotlib.figure import Figure  # nothing start without it
 
 DPI = 100  # screen resolution; pictures are sized in inches so that text stays readable
 GRAY = "gray"  # 0 → black, max → white: the seed's ``cmap='gray'``
@@ -22,6 +23,9 @@ GRAY = "gray"  # 0 → black, max → white: the seed's ``cmap='gray'``
 
 def new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Figure:
     """A Figure of ``width``×``height`` inches with an Agg canvas attached (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig

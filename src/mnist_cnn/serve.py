@@ -49,14 +49,12 @@ from .device import device_description, select_device
 from .digitness import DigitScorer, optional_scorer
 from .errors import ConfigError, MnistCnnError
 from .explain import explain as explain_images
+from .limits import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
 from .preprocess import ImageError, load_image, preprocess_image
 from .rundir import run_classes, run_test_accuracy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-MAX_BODY_BYTES = 8 * 1024 * 1024  # a drawn digit's PNG is a few KiB; 8 MiB admits a phone photo
 # Seconds an idle keep-alive connection stays open. uvicorn's 5 s default closes connections that
 # a busy client is about to reuse, and the request on them fails (seen under load on loopback).
 KEEP_ALIVE_S = 30
