@@ -83,7 +83,10 @@ def test_states_and_resume_from_each_dead_end_match_an_uninterrupted_run(tmp_pat
     assert [r["step"] for r in _records(run)] == [0, 2, 4]  # 4 was logged, not checkpointed
     assert json.loads(load_file_meta(run / "checkpoint.safetensors"))["step"] == 2
     # A killed writer's temp files go at the next start; files not of ours stay.
+    # ".tmpnUEqIe" is safetensors' own temp name (its save_file writes one and renames it): the
+    # kill test found one left behind by a kill inside save_file.
     stale = [run / ".checkpoint.k2j4h1.tmp.safetensors", run / ".config.x_9.tmp.json"]
+    stale.append(run / ".tmpnUEqIe")
     for p in stale:
         p.write_bytes(b"half")
     (run / "notes.tmp").write_text("not ours")

@@ -46,10 +46,13 @@ CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 CARD_FILE = "README.md"  # the model card (card.py)
-# fileio.atomic_path's temp names: ".<stem>.<random>.tmp<suffix>" beside the file they replace.
+# fileio.atomic_path's temp names: ".<stem>.<random>.tmp<suffix>" beside the file they replace;
+# and safetensors' own (".tmp" and 6 random characters): its save_file writes a temp file in the
+# same folder and renames it, so a kill inside save_file leaves one of those.
 _TEMP_NAME = re.compile(
     r"^\.(config|metrics|results|checkpoint|model|curves|README)\.[A-Za-z0-9_]+\.tmp"
     r"\.(json|jsonl|safetensors|png|md)$"
+    r"|^\.tmp[A-Za-z0-9]{6}$"
 )
 # A config.json or results.json is a few KiB; metrics.jsonl ~100 bytes a record.
 MAX_JSON_BYTES = 1 << 20
