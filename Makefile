@@ -25,6 +25,11 @@ tour: setup
 browser:
 	scripts/install-browser.sh
 
+# Python may write its bytecode caches (gitignored __pycache__/) even where the environment says
+# not to: otherwise every worker and every process a test starts compiles the package and pytest
+# rewrites every test module again (about 2.5 s of each worker's start here).
+unexport PYTHONDONTWRITEBYTECODE
+
 # Two pytest-xdist workers (one per core, a test file each at a time; see tests/conftest.py).
 XDIST  ?= -n 2 --dist loadfile --no-loadscope-reorder
 

@@ -131,6 +131,22 @@ def test_stored_with_the_run_and_recomputed_when_stale(
     assert dg.optional_scorer(other, model, data_dir=tmp_path / "no-data") is None
 
 
+def test_the_first_use_says_it_calibrates(
+    run: Path, model, tiny_data: MNISTLike, tmp_path: Path
+) -> None:
+    """A run's first predict or serve calibrates the check over the whole training set (a
+    minute on a CPU for MNIST): the caller hears it once, before it starts, and not again."""
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    (other / dg.DIGITNESS_FILE).unlink()
+    heard: list[str] = []
+    dg.scorer_for_run(other, model, data=tiny_data, on_calibrate=heard.append)
+    assert len(heard) == 1 and "1,000 training and validation images of mnist" in heard[0]
+    assert str(other / dg.DIGITNESS_FILE) in heard[0]
+    assert dg.optional_scorer(other, model, on_calibrate=heard.append) is not None  # stored
+    assert len(heard) == 1
+
+
 def test_a_stored_check_for_other_features_is_not_used(
     run: Path, scorer: dg.DigitScorer, model, tmp_path: Path
 ) -> None:

@@ -508,6 +508,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_kib * 1024,
         on_ready=on_ready,
         allow_hosts=args.allow_host,
+        on_calibrate=_say,
     )
     return 0
 
@@ -763,7 +764,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     model, classes, name = _load_for_inspection(args.run, args.device)
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
-    scorer = optional_scorer(args.run, model, data_dir=args.data_dir, dataset=name)
+    scorer = optional_scorer(
+        args.run, model, data_dir=args.data_dir, dataset=name, on_calibrate=_say
+    )
     results = predict_files(model, args.images, classes=classes, invert=invert, scorer=scorer)
     if not results:
         raise MnistCnnError("no image files found in the given folder(s)")
@@ -890,6 +893,11 @@ def build_parser() -> argparse.ArgumentParser:
     for setup in COMMANDS:
         setup(sub)
     return parser
+
+
+def _say(message: str) -> None:
+    """A note on stderr (stdout stays the command's results, e.g. its JSON)."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,11 +217,13 @@ def scorer_for_run(
     data_dir: str | os.PathLike[str] | None = None,
     dataset: str = "mnist",
     data: MNISTLike | None = None,
+    on_calibrate: Callable[[str], None] | None = None,
 ) -> DigitScorer:
     """The run's scorer: read from ``RUN/digitness.safetensors``, or calibrated on the run's
     dataset (training and validation splits; ``data`` if given, already loaded) and stored
-    there. Raises MnistCnnError (DataError) when it must be calibrated and the dataset is not
-    available."""
+    there. ``on_calibrate(message)`` is told before a calibration starts (a pass over all
+    those digits: the first use of a run can take a minute on a CPU). Raises MnistCnnError
+    (DataError) when it must be calibrated and the dataset is not available."""
     folder = model_file(run).parent
     digest = _model_digest(run)
     stored = _read(folder / DIGITNESS_FILE, digest)
@@ -232,6 +235,12 @@ def scorer_for_run(
         return stored
     if data is None:
         data = load_dataset(dataset, data_dir, download=False)
+    if on_calibrate is not None:
+        on_calibrate(
+            f"calibrating the digit check on the {len(data.train) + len(data.val):,} training "
+            f"and validation images of {data.name} (once for this model; kept in "
+            f"{folder / DIGITNESS_FILE})"
+        )
     scorer = calibrate(model, data)
     try:
         _store(folder / DIGITNESS_FILE, scorer, digest)
@@ -246,12 +255,15 @@ def optional_scorer(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     dataset: str = "mnist",
+    on_calibrate: Callable[[str], None] | None = None,
 ) -> DigitScorer | None:
     """:func:`scorer_for_run`, or None (with a warning) when it cannot be had."""
     from .errors import MnistCnnError
 
     try:
-        return scorer_for_run(run, model, data_dir=data_dir, dataset=dataset)
+        return scorer_for_run(
+            run, model, data_dir=data_dir, dataset=dataset, on_calibrate=on_calibrate
+        )
     except (MnistCnnError, CheckpointError) as err:
         log.warning("no digit-likeness check: %s", err)
         return None

@@ -473,6 +473,7 @@ def create_app(
     test_digits: DigitSet | None = None,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
     digit_check: bool = True,
+    on_calibrate: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving the draw-a-digit page and the JSON API for RUN.
 
@@ -481,7 +482,8 @@ def create_app(
     the page still works and only the random-test-digit button is unavailable. Requests whose
     Host header names none of ``allowed_hosts`` get 400 (a web page elsewhere cannot reach the
     server through DNS rebinding); ``"*"`` allows any. ``digit_check``: answer ``not_a_digit``
-    too (the run's stored check, calibrated on its dataset on first use).
+    too (the run's stored check, calibrated on its dataset on first use; ``on_calibrate``
+    hears when that starts).
     """
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
@@ -499,7 +501,9 @@ def create_app(
         test_digits = _load_test_digits(dataset, data_dir)
     # The not-a-digit check (calibrated on the run's dataset on first use; see digitness.py).
     scorer = (
-        optional_scorer(path, model, data_dir=data_dir, dataset=dataset) if digit_check else None
+        optional_scorer(path, model, data_dir=data_dir, dataset=dataset, on_calibrate=on_calibrate)
+        if digit_check
+        else None
     )
     predictor = Predictor(model, torch_device, scorer)
     rng = np.random.default_rng()
@@ -822,8 +826,10 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     on_ready: Callable[[str], None] | None = None,
     allow_hosts: Sequence[str] = (),
+    on_calibrate: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve RUN's page and API until interrupted; ``on_ready(url)`` once it listens.
+    """Serve RUN's page and API until interrupted; ``on_ready(url)`` once it listens,
+    ``on_calibrate(message)`` before the run's digit check is calibrated (its first use).
 
     Requests must name ``host`` (or a loopback name, or one of ``allow_hosts``) in their Host
     header; see :func:`allowed_hosts_for`.
@@ -836,6 +842,7 @@ def serve(
         device=device,
         max_body_bytes=max_body_bytes,
         allowed_hosts=allowed_hosts_for(host, allow_hosts),
+        on_calibrate=on_calibrate,
     )
     sock = bind_socket(host, port)
     config = uvicorn.Config(
