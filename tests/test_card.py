@@ -84,3 +84,25 @@ def test_values_from_the_run_are_escaped(tiny_run: Path, tmp_path: Path, capsys)
     (run / "config.json").write_text("{")
     assert main(["card", str(run)]) == 1
     assert "config.json: damaged" in capsys.readouterr().err
+
+
+def test_front_matter_values_and_settings_no_flag_sets() -> None:
+    """YAML scalars as the hub reads them; a recorded setting without a flag (from a newer or
+    hand-edited config) is listed apart rather than turned into a flag that does not exist."""
+    from mnist_cnn import card
+
+    assert [card._yaml(v) for v in (None, True, False, 3, "a: b")] == [
+        "null",
+        "true",
+        "false",
+        "3",
+        '"a: b"',
+    ]
+    command, unflagged = card.reproduce_command({"preset": "seed", "steps": 7, "warp": 2})
+    assert command.split()[:4] == ["mnist-cnn", "train", "--steps", "7"]
+    assert unflagged == [("warp", "2")] and "warp" not in command
+
+
+def test_a_card_needs_a_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        build_card(tmp_path / "nowhere")

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from mnist_cnn.cli import main
-from mnist_cnn.distributed import Parallel, current, process_group
+from mnist_cnn.distributed import DistributedError, Parallel, current, process_group
 from mnist_cnn.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +129,32 @@ def test_started_by_torchrun_without_joining_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="process_group"):
         current()
+
+
+def test_a_process_group_needs_a_positive_timeout(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="timeout must be positive"), process_group(0):
+        pass
+
+
+def test_no_other_process_to_join_is_one_line_and_leaves_nothing_behind(monkeypatch):
+    """Rank 0 of 2 whose partner never comes (a wrong --master-port, a launcher that died):
+    after the timeout, one line that says what to check; the SIGTERM handler is restored."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**env, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(DistributedError) as err, process_group(1.0):
+        pass
+    assert "could not join the other processes" in str(err.value)
+    assert "--master-port" in str(err.value) and "\n" not in str(err.value)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not torch.distributed.is_initialized()
 
 
 def test_ranks_draw_different_dropout_masks_and_the_same_again():

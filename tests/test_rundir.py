@@ -306,6 +306,18 @@ def test_a_full_disk_writing_json_is_one_line_and_leaves_no_temp_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_write_where_no_file_can_be_made_says_where_and_why(tmp_path):
+    """The temp file cannot even be made (the folder is a file): one line naming the path and
+    the system's reason, no traceback's worth of text."""
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file, not a folder")
+    target = blocker / "run" / "config.json"
+    with pytest.raises(StorageError) as err, atomic_path(target):
+        pass
+    assert str(err.value) == f"cannot write {target}: Not a directory"
+    assert blocker.read_text() == "a file, not a folder"
+
+
 def test_metrics_garbage_lines_are_skipped_naming_the_line(tmp_path, reference, caplog):
     run = tmp_path / "run"
     shutil.copytree(reference, run)

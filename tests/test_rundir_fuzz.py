@@ -287,3 +287,76 @@ def test_how_adam_computes_is_the_live_optimizers_not_the_files(runs, flag, valu
         loss_fn(model(torch.rand(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
         optimizer.step()
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _drop(tensors: dict, meta: dict, key: str) -> None:
+    del tensors[key]
+
+
+def _set_tensor(key: str, make: Callable[[torch.Tensor], torch.Tensor]):
+    def edit(tensors: dict, meta: dict) -> None:
+        tensors[key] = make(tensors[key])
+
+    return edit
+
+
+def _set_meta(path: tuple, value: Any):
+    def edit(tensors: dict, meta: dict) -> None:
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+def _add_tensor(tensors: dict, meta: dict) -> None:
+    tensors["optim.x.exp_avg"] = torch.zeros(3)
+
+
+def _add_group_key(tensors: dict, meta: dict) -> None:
+    meta["optimizer"]["param_groups"][0]["momentum"] = 0.9
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (_set_meta(("optimizer", "param_groups"), {}), "(param_groups {}"),
+        (_add_group_key, "(a param group"),
+        (
+            _set_meta(("optimizer", "param_groups", 0, "params"), [7, 6, 5, 4, 3, 2, 1, 0]),
+            "(params",
+        ),
+        (_set_meta(("optimizer", "param_groups", 0, "lr"), "fast"), "(lr 'fast')"),
+        (_set_meta(("optimizer", "scalars"), {"99": {}}), "(scalars"),
+        (_add_tensor, "(tensor 'optim.x.exp_avg')"),
+        (_set_tensor("optim.0.exp_avg", lambda t: torch.zeros(3)), "has shape (3,)"),
+        (_set_tensor("optim.0.exp_avg", lambda t: t * float("nan")), "NaN or infinite"),
+        (_set_tensor("optim.0.exp_avg_sq", lambda t: t - 1), "negative values"),
+        (lambda tensors, meta: _drop(tensors, meta, "optim.0.exp_avg"), "Adam state incomplete"),
+        (lambda tensors, meta: _drop(tensors, meta, "rng.torch"), "random-number state"),
+        (_set_meta(("model", "hidden"), 9), "saved for another network"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_each_damage_to_the_training_state_is_named(runs, edit, says):
+    """The checks that stand between a checkpoint and the optimizer, one case each (the fuzz
+    test above reaches them only by chance): each refuses in one line that says what."""
+    source = runs["stopped"] / "checkpoint.safetensors"
+    tensors = load_file(str(source))
+    with safe_open(str(source), "pt") as fh:
+        meta = json.loads(fh.metadata()["meta"])
+    edit(tensors, meta)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        shutil.copytree(runs["stopped"], run)
+        checkpoint._write(run / "checkpoint.safetensors", tensors, meta)
+        folder = RunDir(run)
+        _, config = _resume_config(folder, None, None)
+        plan = plan_for(config, torch.device("cpu"))
+        model = prepare_model(build_model(config.model), plan)
+        optimizer = make_optimizer(model.parameters(), config.lr, plan)
+        with pytest.raises(MnistCnnError) as caught:
+            restore(folder, model, optimizer, config)
+    message = str(caught.value)
+    assert says in message and "\n" not in message, message
