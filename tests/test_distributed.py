@@ -131,6 +131,12 @@ def test_started_by_torchrun_without_joining_is_refused(monkeypatch):
         current()
 
 
+def test_a_launcher_variable_that_is_no_number_is_named(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE is not a whole number"):
+        current()
+
+
 def test_a_process_group_needs_a_positive_timeout(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="timeout must be positive"), process_group(0):
