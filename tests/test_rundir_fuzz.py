@@ -233,18 +233,15 @@ def test_damaged_checkpoint_resumes_or_says_why(runs, data):
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-@pytest.mark.parametrize(
-    ("where", "value"),
-    [("betas", [1, 0.999]), ("betas", [0.9, -0.1]), ("eps", -1e-8), ("weight_decay", -1.0)],
-)
-def test_adam_settings_outside_their_range_are_refused(runs, where, value):
-    """Found by the fuzz test above: a beta of 1 makes Adam divide by 1 - 1 = 0, and the
-    first step after the resume filled every weight with NaN."""
+@contextlib.contextmanager
+def _edited_copy(runs, edit: Callable[[dict, dict], None]):
+    """The stopped run, copied, its checkpoint's tensors and metadata changed by
+    ``edit(tensors, meta)``; yields ``restore()`` for it and the fresh model and optimizer."""
     source = runs["stopped"] / "checkpoint.safetensors"
     tensors = load_file(str(source))
     with safe_open(str(source), "pt") as fh:
         meta = json.loads(fh.metadata()["meta"])
-    meta["optimizer"]["param_groups"][0][where] = value
+    edit(tensors, meta)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         shutil.copytree(runs["stopped"], run)
@@ -254,8 +251,33 @@ def test_adam_settings_outside_their_range_are_refused(runs, where, value):
         plan = plan_for(config, torch.device("cpu"))
         model = prepare_model(build_model(config.model), plan)
         optimizer = make_optimizer(model.parameters(), config.lr, plan)
-        with pytest.raises(MnistCnnError, match=f"optimizer state does not fit \\({where} "):
-            restore(folder, model, optimizer, config)
+        yield (lambda: restore(folder, model, optimizer, config)), model, optimizer
+
+
+def _set_meta(path: tuple, value: Any):
+    def edit(tensors: dict, meta: dict) -> None:
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+def _group(key: str, value: Any):
+    return _set_meta(("optimizer", "param_groups", 0, key), value)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("betas", [1, 0.999]), ("betas", [0.9, -0.1]), ("eps", -1e-8), ("weight_decay", -1.0)],
+)
+def test_adam_settings_outside_their_range_are_refused(runs, where, value):
+    """Found by the fuzz test above: a beta of 1 makes Adam divide by 1 - 1 = 0, and the
+    first step after the resume filled every weight with NaN."""
+    refused = pytest.raises(MnistCnnError, match=f"optimizer state does not fit \\({where} ")
+    with _edited_copy(runs, _group(where, value)) as (restore_it, _, _), refused:
+        restore_it()
 
 
 @pytest.mark.parametrize(
@@ -266,46 +288,25 @@ def test_how_adam_computes_is_the_live_optimizers_not_the_files(runs, flag, valu
     """Found by the fuzz test above: ``"amsgrad": null`` passed the type check (a flag may be
     null) and then reached the fused kernel, which raised a TypeError mid-resume. The file's
     flags are only checked; the optimizer keeps the ones it was built with."""
-    source = runs["stopped"] / "checkpoint.safetensors"
-    tensors = load_file(str(source))
-    with safe_open(str(source), "pt") as fh:
-        meta = json.loads(fh.metadata()["meta"])
-    meta["optimizer"]["param_groups"][0][flag] = value
-    with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        shutil.copytree(runs["stopped"], run)
-        checkpoint._write(run / "checkpoint.safetensors", tensors, meta)
-        folder = RunDir(run)
-        _, config = _resume_config(folder, None, None)
-        plan = plan_for(config, torch.device("cpu"))
-        model = prepare_model(build_model(config.model), plan)
-        optimizer = make_optimizer(model.parameters(), config.lr, plan)
-        built = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-        restore(folder, model, optimizer, config)
-        after = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-        assert after[flag] == built[flag]
+    with _edited_copy(runs, _group(flag, value)) as (restore_it, model, optimizer):
+        built = optimizer.param_groups[0][flag]
+        restore_it()
+        assert optimizer.param_groups[0][flag] == built
         loss_fn(model(torch.rand(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
         optimizer.step()
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _drop(tensors: dict, meta: dict, key: str) -> None:
-    del tensors[key]
+def _drop(key: str):
+    def edit(tensors: dict, meta: dict) -> None:
+        del tensors[key]
+
+    return edit
 
 
 def _set_tensor(key: str, make: Callable[[torch.Tensor], torch.Tensor]):
     def edit(tensors: dict, meta: dict) -> None:
         tensors[key] = make(tensors[key])
-
-    return edit
-
-
-def _set_meta(path: tuple, value: Any):
-    def edit(tensors: dict, meta: dict) -> None:
-        node = meta
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
 
     return edit
 
@@ -323,18 +324,15 @@ def _add_group_key(tensors: dict, meta: dict) -> None:
     [
         (_set_meta(("optimizer", "param_groups"), {}), "(param_groups {}"),
         (_add_group_key, "(a param group"),
-        (
-            _set_meta(("optimizer", "param_groups", 0, "params"), [7, 6, 5, 4, 3, 2, 1, 0]),
-            "(params",
-        ),
-        (_set_meta(("optimizer", "param_groups", 0, "lr"), "fast"), "(lr 'fast')"),
+        (_group("params", [7, 6, 5, 4, 3, 2, 1, 0]), "(params"),
+        (_group("lr", "fast"), "(lr 'fast')"),
         (_set_meta(("optimizer", "scalars"), {"99": {}}), "(scalars"),
         (_add_tensor, "(tensor 'optim.x.exp_avg')"),
         (_set_tensor("optim.0.exp_avg", lambda t: torch.zeros(3)), "has shape (3,)"),
         (_set_tensor("optim.0.exp_avg", lambda t: t * float("nan")), "NaN or infinite"),
         (_set_tensor("optim.0.exp_avg_sq", lambda t: t - 1), "negative values"),
-        (lambda tensors, meta: _drop(tensors, meta, "optim.0.exp_avg"), "Adam state incomplete"),
-        (lambda tensors, meta: _drop(tensors, meta, "rng.torch"), "random-number state"),
+        (_drop("optim.0.exp_avg"), "Adam state incomplete"),
+        (_drop("rng.torch"), "random-number state"),
         (_set_meta(("model", "hidden"), 9), "saved for another network"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
@@ -342,21 +340,7 @@ def _add_group_key(tensors: dict, meta: dict) -> None:
 def test_each_damage_to_the_training_state_is_named(runs, edit, says):
     """The checks that stand between a checkpoint and the optimizer, one case each (the fuzz
     test above reaches them only by chance): each refuses in one line that says what."""
-    source = runs["stopped"] / "checkpoint.safetensors"
-    tensors = load_file(str(source))
-    with safe_open(str(source), "pt") as fh:
-        meta = json.loads(fh.metadata()["meta"])
-    edit(tensors, meta)
-    with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        shutil.copytree(runs["stopped"], run)
-        checkpoint._write(run / "checkpoint.safetensors", tensors, meta)
-        folder = RunDir(run)
-        _, config = _resume_config(folder, None, None)
-        plan = plan_for(config, torch.device("cpu"))
-        model = prepare_model(build_model(config.model), plan)
-        optimizer = make_optimizer(model.parameters(), config.lr, plan)
-        with pytest.raises(MnistCnnError) as caught:
-            restore(folder, model, optimizer, config)
+    with _edited_copy(runs, edit) as (restore_it, _, _), pytest.raises(MnistCnnError) as caught:
+        restore_it()
     message = str(caught.value)
     assert says in message and "\n" not in message, message
