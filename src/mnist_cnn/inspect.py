@@ -356,7 +356,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
         return np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=float)
 
     loss, train_acc, val_acc = column("loss"), column("train_accuracy"), column("val_accuracy")
-    fig = new_figure(12, 3.6)
+    fig = new_figure(12, 3.6, layout=None)  # margins set below: a layout pass costs a draw
     ax_loss, ax_acc, ax_err = fig.subplots(1, 3)
     marker = "o" if len(records) <= 40 else None
     ax_loss.plot(steps, loss, marker=marker, ms=3, color="C3")
@@ -399,6 +399,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
         ax.set_xlim(left=0)
     if title:
         fig.suptitle(title)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.85 if title else 0.9, wspace=0.22)
     return fig
 
 
