@@ -203,11 +203,12 @@ def preprocess_image(image: Image.Image | np.ndarray, *, invert: bool | None = N
             raise ImageError(f"expected a 2-D grayscale array, got shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise ImageError("image array holds NaN or infinite values")
+        # The range is checked on the values given, before float32 (1e300 would become inf).
+        if float(arr.min()) < 0 or float(arr.max()) > 255:
+            raise ImageError("image values must lie in 0–255 (uint8) or 0–1 (float)")
         gray = arr.astype(np.float32)
         if arr.dtype == np.uint8 or gray.max() > 1.0:
             gray = gray / 255.0
-        if gray.min() < 0 or gray.max() > 1:
-            raise ImageError("image values must lie in 0–255 (uint8) or 0–1 (float)")
         factor = _reduction(gray.shape[1], gray.shape[0])
         if factor > 1:
             gray = np.asarray(
