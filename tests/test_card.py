@@ -15,18 +15,7 @@ from mnist_cnn.card import build_card
 from mnist_cnn.cli import build_parser, main
 from mnist_cnn.errors import CheckpointError
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_mnist) -> Path:
-    """Five steps of the seed network, with a small test split: a finished run in seconds."""
-    from mnist_cnn.train import preset_config, train
-
-    config = preset_config(
-        "seed", steps=5, lr=3e-4, seed=7, device="cpu", log_every=5, checkpoint_every=5
-    )
-    out = tmp_path_factory.mktemp("card") / "tiny"
-    train(config, out, data=small_mnist)
-    return out
+# tiny_run: the shared run of the seed network (conftest), read only here.
 
 
 def test_training_writes_a_card_the_hub_parses(tiny_run: Path):
@@ -41,7 +30,7 @@ def test_training_writes_a_card_the_hub_parses(tiny_run: Path):
     (result,) = card.data.eval_results
     assert result.metric_type == "accuracy" and result.dataset_split == "test"
     assert result.metric_value == accuracy  # the same number, not a rounded copy
-    assert card.data.model_name == "tiny"
+    assert card.data.model_name == tiny_run.name  # the run folder's name
     # The body: accuracy, one row per class, the curves picture, loading without pickle.
     assert f"**{accuracy:.4f}**" in text
     for digit, acc in enumerate(results["test"]["per_class_accuracy"]):
