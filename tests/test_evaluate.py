@@ -82,15 +82,15 @@ class _OOMAbove(torch.nn.Module):
 def test_out_of_memory_halves_the_batch_and_retries():
     torch.manual_seed(0)
     inner = DeepMNIST()
-    images = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (1000,))
-    reference = evaluate(inner, images, labels, batch_size=1000)
-    wrapped = _OOMAbove(inner, limit=300)
-    result = evaluate(wrapped, images, labels, batch_size=1000)
-    assert result.batch_size == 250
-    assert wrapped.sizes[:3] == [1000, 500, 250]
-    assert result.correct == reference.correct and result.total == 1000
-    assert len(result.notes) == 2 and "retrying at 500" in result.notes[0]
+    images = torch.randint(0, 256, (400, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (400,))
+    reference = evaluate(inner, images, labels, batch_size=400)
+    wrapped = _OOMAbove(inner, limit=150)
+    result = evaluate(wrapped, images, labels, batch_size=400)
+    assert result.batch_size == 100
+    assert wrapped.sizes[:3] == [400, 200, 100]
+    assert result.correct == reference.correct and result.total == 400
+    assert len(result.notes) == 2 and "retrying at 200" in result.notes[0]
 
 
 def test_other_errors_are_not_swallowed():
