@@ -156,7 +156,8 @@ def small_mnist(mnist):
 # `make test` runs it) hands out test files: the longest first, so that the two workers end
 # together. The first file needs ``trained_run``, so its worker starts building it at once; the
 # second does not and runs for longer than that build, so the other worker never waits for it.
-# Seconds per file from `--durations=0` (2-core Xeon); files not listed follow in their order.
+# Ranked by each file's total from `pytest --durations=0` on the 2-core Xeon (summed by hand;
+# rerank when a file grows); files not listed follow, in collection order.
 LONGEST_FIRST = (
     "test_explain.py",
     "test_train.py",
