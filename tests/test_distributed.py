@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,13 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
 
+def _checkpoint_step(run: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "checkpoint.safetensors"), "pt") as fh:
+        return json.loads(fh.metadata()["meta"])["step"]
+
+
 # --------------------------------------------------------------------------- in one process
 
 
@@ -177,32 +185,67 @@ def test_ranks_draw_different_dropout_masks_and_the_same_again():
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
-    """2 gloo processes with batch 25 each end where 1 process with batch 50 ends.
+def test_a_rank_dies_then_the_resumed_run_ends_like_one_process(
+    small_root: Path, tmp_path: Path, capsys
+):
+    """Kill rank 1 of 2 gloo processes (batch 25 each) at their first checkpoint: the launcher
+    and rank 0 stop within a bounded time, saying why and how to resume. ``--resume`` under
+    torchrun then ends where 1 process with batch 50 ends.
 
     Dropout is off: each process draws its own masks (by design, so processes never share
     them), which a single process cannot reproduce; everything else must agree up to float
-    rounding of the gradient average. The second half of the 2-process run is a ``--resume``
-    under torchrun, so every process must load the checkpoint for the weights to agree.
+    rounding of the gradient average. Every process must load the checkpoint for the weights
+    to agree, and the resume must start from it, not from step 0.
     """
     one, two = tmp_path / "one", tmp_path / "two"
-    # Start the 2-process run first and train the 1-process reference while it runs.
-    proc = _torchrun(_train_args(small_root, two, steps=10, dropout=0.0))
-    assert main(_train_args(small_root, one, steps=20, dropout=0.0)) == 0
-    capsys.readouterr()
-    rc, out, err = _finish(proc)
-    assert rc == 0, err
-    # Rank 0 alone prints: one log line for step 0, one test accuracy line.
-    assert out.count("step 0,") == 1 and out.count("test accuracy") == 1, out
+    steps = 20
+    # Start the 2-process run first (it would run far past ``steps``: it is stopped at its
+    # first checkpoint) and train the 1-process reference while it starts.
+    args = _train_args(small_root, two, steps=100_000, dropout=0.0)
+    args[args.index("--checkpoint-every") + 1] = "5"
+    proc = _torchrun(args)
+    killed: list[float] = []  # when rank 1 was killed
 
-    # Extend the finished run by 10 steps.
-    rc, out, err = _finish(_torchrun(["train", "--resume", str(two), "--steps", "20"]))
+    def kill_rank_1_at_the_first_checkpoint() -> None:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (two / "checkpoint.safetensors").is_file():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return  # the assertions below say what went wrong
+            time.sleep(0.02)
+        ranks = {_rank_of(p): p for p in _children(proc.pid)}
+        if 1 in ranks:
+            os.kill(ranks[1], signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    watcher = threading.Thread(target=kill_rank_1_at_the_first_checkpoint)
+    watcher.start()
+    try:
+        assert main(_train_args(small_root, one, steps=steps, dropout=0.0)) == 0
+        capsys.readouterr()
+        watcher.join(LAUNCH_TIMEOUT_S)
+        assert killed, "rank 1 was not found running once a checkpoint appeared"
+        rc, out, err = _finish(proc)
+        waited = time.monotonic() - killed[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc != 0
+    assert waited < 60, waited
+    # torchrun names the dead rank; rank 0 says in one line that the run stopped and why.
+    assert "rank: 1" in err and "SIGKILL" in err, err
+    assert "mnist-cnn: error:" in err and "--resume" in err, err
+    # Rank 0 alone prints: one log line, for step 0.
+    assert out.count("step 0,") == 1 and "test accuracy" not in out, out
+    at = _checkpoint_step(two)
+    assert at in (5, 10, 15), at  # where the resume must start
+
+    rc, out, err = _finish(_torchrun(["train", "--resume", str(two), "--steps", str(steps)]))
     assert rc == 0, err
     config = json.loads((two / "config.json").read_text())
-    assert config["train"]["steps"] == 20
-    # The resume starts at the checkpoint (step 10): a restart would log step 0 again.
-    assert "step 0," not in out and out.count("step 20,") == 1, out
-    assert "trained 20 steps" in out, out
+    assert config["train"]["steps"] == steps
+    # The resume starts at the checkpoint: a restart would log step 0 again.
+    assert "step 0," not in out and out.count(f"step {steps},") == 1, out
+    assert out.count("test accuracy") == 1 and f"trained {steps} steps" in out, out
     assert config["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert config["plan"]["precision"] == "fp32"
 
@@ -217,12 +260,11 @@ def test_two_processes_train_like_one(small_root: Path, tmp_path: Path, capsys):
         assert (diff > 1e-5).float().mean() < 1e-3, (name, (diff > 1e-5).sum())
     assert not torch.equal(w1["fc1.weight"], _weights_at_init())  # it did train
 
-    # Records at step 0 and at the end (rank 0 only writes; the first part's last record, at
-    # step 10, stays: a run's records add up across resumes), with the global batch's figures.
+    # Records at step 0 and at the end (rank 0 only writes; records add up across resumes),
+    # with the global batch's figures.
     m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in m1] == [0, 20]
-    assert [r["step"] for r in m2] == [0, 10, 20]
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [0, steps]
     assert m2[0]["train_accuracy"] == pytest.approx(m1[0]["train_accuracy"])
     assert m2[0]["val_accuracy"] == pytest.approx(m1[0]["val_accuracy"])
 
@@ -273,30 +315,3 @@ def _rank_of(pid: int) -> int | None:
         if item.startswith(b"RANK="):
             return int(item[5:])
     return None
-
-
-@pytest.mark.slow
-def test_a_rank_that_dies_stops_the_run(small_root: Path, tmp_path: Path):
-    """Kill rank 1 mid-run: the launcher and rank 0 stop within a bounded time, saying why."""
-    run = tmp_path / "run"
-    proc = _torchrun(_train_args(small_root, run, steps=100_000, dropout=0.5))
-    try:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not (run / "metrics.jsonl").is_file():  # step 0 logged: training is under way
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training never started"
-            time.sleep(0.2)
-        ranks = {_rank_of(p): p for p in _children(proc.pid)}
-        assert 1 in ranks, ranks
-        os.kill(ranks[1], signal.SIGKILL)
-        t0 = time.monotonic()
-        rc, out, err = _finish(proc)
-        waited = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert rc != 0
-    assert waited < 60, waited
-    # torchrun names the dead rank; rank 0 says in one line that the run stopped and why.
-    assert "rank: 1" in err and "SIGKILL" in err, err
-    assert "mnist-cnn: error:" in err and "--resume" in err, err
