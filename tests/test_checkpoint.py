@@ -18,11 +18,17 @@ def test_model_round_trip(tmp_path):
     torch.manual_seed(0)
     model = DeepMNIST()
     save_model(tmp_path / "m.safetensors", model)
+    rng = torch.get_rng_state()
     loaded, meta = load_model(tmp_path / "m.safetensors")
+    # Loading draws no random numbers (no initialisation the file's weights would replace): a
+    # notebook's random stream is where it was.
+    assert torch.equal(torch.get_rng_state(), rng)
     assert meta["model"] == model.config.to_dict()
     assert not loaded.training
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+        assert b.device.type == "cpu" and b.untyped_storage().nbytes() == b.nbytes, k  # its own
+    assert all(p.requires_grad for p in loaded.parameters())  # trainable further
     assert not list(tmp_path.glob(".*tmp*")), "temp files left behind"
 
 

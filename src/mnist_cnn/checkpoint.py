@@ -202,13 +202,17 @@ def expected_tensors(config: ModelConfig) -> TensorInfo:
     return _info(model.state_dict())
 
 
-def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_into(
+    model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, assign: bool = False
+) -> None:
+    """Copy ``tensors`` into ``model`` (``assign``: make them its tensors, as a network built
+    on the meta device needs)."""
     problems = _fit_problems(_info(model.state_dict()), _info(tensors))
     if problems:
         raise CheckpointError(
             f"{path}: weights do not fit the {model.config.arch} network ({problems})"
         )
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, assign=assign)
 
 
 def model_config_from_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> ModelConfig:
@@ -269,13 +273,28 @@ def load_model(
     if problems:
         raise CheckpointError(f"{path}: weights do not fit the {config.arch} network ({problems})")
     tensors = _load_tensors(path)
-    model = build_model(config)
+    # Built on the meta device: no memory and no random initialisation for weights that the
+    # file's replace (the seed network's truncated-normal start costs ~25 ms per load).
+    with torch.device("meta"):
+        model = build_model(config)
     # Weights stored in 16 bits are widened; integer buffers (batch-norm counters) stay as they are.
     _load_into(
-        model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path
+        model,
+        {k: _owned(v.float() if v.is_floating_point() else v) for k, v in tensors.items()},
+        path,
+        assign=True,
     )
     require_finite(model.state_dict(), path)
     return model.to(device).eval(), meta
+
+
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in memory of its own: a model keeps what it is assigned, and a view into a
+    shared (or file-mapped) buffer would keep all of that alive as long as the model lives."""
+    storage = tensor.untyped_storage()
+    if storage.nbytes() == tensor.nbytes and storage.filename is None:
+        return tensor
+    return tensor.clone()
 
 
 def require_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
