@@ -26,14 +26,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under pytest-xdist
 
-# Tests measure behaviour, not speed: keep them on the CPU and repeatable. Two workers on two
-# cores compute with a thread each; two threads each would fight over the cores.
-torch.set_num_threads(1 if WORKER else min(2, torch.get_num_threads()))
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """The process that hands tests to xdist's workers and runs none itself."""
+    return WORKER is None and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests measure behaviour, not speed: keep them on the CPU and repeatable. Two workers on
+    two cores compute with a thread each; two threads each would fight over the cores.
+
+    xdist's controller never imports torch (1.7 s here, before it starts the workers)."""
+    if _xdist_controller(config):
+        return
+    import torch
+
+    torch.set_num_threads(1 if WORKER else min(2, torch.get_num_threads()))
 
 
 def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
@@ -271,8 +283,10 @@ def tiny_fast_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
     return built_once(tmp_path_factory, "tiny-fast-run", build) / "run"
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Say which precision paths ran on this hardware and which could not run here."""
+def _hardware_summary() -> list[str]:
+    """Which precision paths ran on this hardware and which could not run here."""
+    import torch
+
     from mnist_cnn.step import BF16_SWITCH, bf16_support
 
     cpu = torch.device("cpu")
@@ -287,7 +301,33 @@ def pytest_terminal_summary(terminalreporter) -> None:
         not_here = []
     if not torch.backends.mps.is_available():
         not_here.append("MPS")
-    write = terminalreporter.write_line
-    write(f"precision: CPU kernels {kernels}; {bf16}; fp32 tests ran in fp32")
+    lines = [f"precision: CPU kernels {kernels}; {bf16}; fp32 tests ran in fp32"]
     if not_here:
-        write(f"not run on this hardware (no such device): {', '.join(not_here)}")
+        lines.append(f"not run on this hardware (no such device): {', '.join(not_here)}")
+    return lines
+
+
+_WORKER_SUMMARY: list[str] = []  # the controller's copy of what a worker reported
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker reports the hardware summary to the controller (which has no torch)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["hardware_summary"] = _hardware_summary()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # xdist: a worker finished
+    if not _WORKER_SUMMARY:
+        _WORKER_SUMMARY.extend(getattr(node, "workeroutput", {}).get("hardware_summary", []))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say which precision paths ran on this hardware and which could not run here."""
+    if _xdist_controller(terminalreporter.config):
+        lines = _WORKER_SUMMARY or ["precision: no worker reported its hardware"]
+    else:
+        lines = _hardware_summary()
+    for line in lines:
+        terminalreporter.write_line(line)
