@@ -75,14 +75,14 @@ def test_features_picture_draws_the_fast_maps(fast_model, two_digits, layer, cha
     fig = insp.plot_feature_maps(fm)
     with torch.inference_mode():
         _, acts = fast_model(_x(two_digits), return_activations=True)
-    panels = [ax for ax in fig.axes if ax.get_label().startswith(layer + "[")]
+    panels = [im for ax in fig.axes for im in ax.images if im.get_label().startswith(layer + "[")]
     assert len(panels) == 2 * channels
     lit = 0
-    for j, ax in enumerate(panels):
+    for j, im in enumerate(panels):
         n, c = divmod(j, channels)
         expected = acts[layer][n, c].numpy()
-        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), expected)
-        lo, hi = ax.images[0].get_clim()
+        np.testing.assert_array_equal(np.asarray(im.get_array()), expected)
+        lo, hi = im.get_clim()
         assert lo == 0.0 and hi == (expected.max() or 1.0)  # black = 0: nothing below is lost
         lit += expected.max() > 0
     assert lit >= channels  # most maps show something

@@ -19,7 +19,13 @@ from mnist_cnn.plotting import save_figure
 
 
 def _panels(fig, prefix: str) -> list:
-    return [ax for ax in fig.axes if ax.get_label().startswith(prefix + "[")]
+    """The figure's map images labelled ``<prefix>[c]``, in drawing order."""
+    return [im for ax in fig.axes for im in ax.images if im.get_label().startswith(prefix + "[")]
+
+
+def _titles(fig) -> dict[str, str]:
+    """Text label -> text, over the whole figure."""
+    return {t.get_label(): t.get_text() for ax in fig.axes for t in ax.texts}
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +59,20 @@ def test_pictured_maps_are_the_models_activations(model, two_digits, layer, chan
     fm = insp.feature_maps(model, two_digits, layer)
     fig = insp.plot_feature_maps(fm)
     panels = _panels(fig, layer)
+    titles = _titles(fig)
     assert len(panels) == 2 * channels  # one full grid per digit
     # The reference: the model's own forward pass, run separately here.
     x = to_float(torch.from_numpy(np.stack([d.image for d in two_digits])))
     with torch.inference_mode():
         logits, acts = model(x, return_activations=True)
     expected = acts[layer].numpy()
-    for j, ax in enumerate(panels):
+    for j, im in enumerate(panels):
         n, c = divmod(j, channels)
-        assert ax.get_label() == f"{layer}[{c}]"
-        drawn = np.asarray(ax.images[0].get_array())
+        assert im.get_label() == f"{layer}[{c}]"
+        drawn = np.asarray(im.get_array())
         np.testing.assert_array_equal(drawn, expected[n, c])
-        assert ax.get_title() == str(c)
-        lo, hi = ax.images[0].get_clim()
+        assert titles[f"{layer}[{c}] title"] == str(c)
+        lo, hi = im.get_clim()
         assert lo == 0.0 and hi == (expected[n, c].max() or 1.0)  # per-map scale by default
     inputs = [ax for ax in fig.axes if ax.get_label() == "input"]
     assert len(inputs) == 2
@@ -80,7 +87,7 @@ def test_pictured_maps_are_the_models_activations(model, two_digits, layer, chan
 def test_shared_scale_is_one_scale(model, two_digits) -> None:
     fm = insp.feature_maps(model, two_digits, "conv1")
     fig = insp.plot_feature_maps(fm, scale="shared")
-    clims = {ax.images[0].get_clim() for ax in _panels(fig, "conv1")}
+    clims = {im.get_clim() for im in _panels(fig, "conv1")}
     assert clims == {(0.0, float(fm.maps.max()))}
     with pytest.raises(MnistCnnError):
         insp.plot_feature_maps(fm, scale="log")
@@ -99,9 +106,10 @@ def test_filters_pictures_hold_the_weights(model) -> None:
     fig = insp.plot_filters(w1, "conv1")
     panels = _panels(fig, "conv1")
     assert len(panels) == 32
-    for c, ax in enumerate(panels):
-        np.testing.assert_array_equal(ax.images[0].get_array(), w1[c, 0])
-        lo, hi = ax.images[0].get_clim()
+    for c, im in enumerate(panels):
+        assert im.get_label() == f"conv1[{c}]"
+        np.testing.assert_array_equal(im.get_array(), w1[c, 0])
+        lo, hi = im.get_clim()
         assert lo == -hi  # symmetric: gray is zero
     w2 = insp.filters(model, "conv2")
     assert w2.shape == (64, 32, 5, 5)
@@ -111,7 +119,7 @@ def test_filters_pictures_hold_the_weights(model) -> None:
     assert np.isnan(mosaic[5]).all()  # the gap after the first row of tiles
     fig2 = insp.plot_filters(w2, "conv2")
     np.testing.assert_array_equal(
-        np.ma.filled(_panels(fig2, "conv2")[0].images[0].get_array(), np.nan), mosaic
+        np.ma.filled(_panels(fig2, "conv2")[0].get_array(), np.nan), mosaic
     )
 
 
@@ -247,9 +255,9 @@ def test_pictures_of_a_fast_preset_run(tiny_fast_run: Path, tiny_data, tmp_path:
     x = to_float(torch.from_numpy(np.stack([d.image for d in digits])))
     with torch.inference_mode():
         _, acts = model(x, return_activations=True)
-    for j, ax in enumerate(panels):
+    for j, im in enumerate(panels):
         n, c = divmod(j, c1)
-        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), acts["conv1"][n, c])
+        np.testing.assert_array_equal(np.asarray(im.get_array()), acts["conv1"][n, c])
     w = insp.filters(model, "conv1")
     k = meta["model"]["kernel_size"]
     assert w.shape == (c1, 1, k, k)

@@ -152,8 +152,10 @@ def plot_feature_maps(
 ) -> Figure:
     """The input in grayscale beside its maps (4×8 for 32 channels, 8×8 for 64); a row per digit.
 
-    Each map panel holds exactly ``fm.maps[n, c]`` (so the picture can be checked against the
-    model); its axes are labelled ``"<layer>[c]"`` and titled with the channel number.
+    Each map is an image holding exactly ``fm.maps[n, c]`` (so the picture can be checked
+    against the model), labelled ``"<layer>[c]"``, under a text labelled ``"<layer>[c] title"``
+    that gives the channel number. A digit's maps share one axes (``"<layer> maps"``): an axes
+    per map cost ~12 ms each to make and draw, seconds for a figure of 2 × 64 maps.
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}: choose one of {', '.join(SCALES)}")
@@ -210,22 +212,40 @@ def plot_feature_maps(
             color="0.35",
         )
         left0 = margin + side + 0.35
+        # The grid's axes measure inches from its top-left corner, downwards.
+        grid = axes(left0, grid_top, grid_w, grid_h, f"{fm.layer} maps")
+        grid.set_xlim(0, grid_w)
+        grid.set_ylim(grid_h, 0)
+        grid.set_axis_off()
         for c in range(channels):
             r, k = divmod(c, cols)
-            ax = axes(
-                left0 + k * (cell + gap),
-                grid_top + r * (cell + label_h) + label_h,
-                cell,
-                cell,
-                f"{fm.layer}[{c}]",
-            )
+            x0, y0 = k * (cell + gap), r * (cell + label_h) + label_h
             a = fm.maps[i, c]
             top = shared_max if scale == "shared" else float(a.max())
             # An all-zero map (a filter that never fires here) is black, not mid-gray.
-            ax.imshow(a, cmap=GRAY, vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest")
+            grid.imshow(
+                a,
+                cmap=GRAY,
+                vmin=0.0,
+                vmax=top if top > 0 else 1.0,
+                interpolation="nearest",
+                extent=(x0, x0 + cell, y0 + cell, y0),
+                aspect="auto",
+                label=f"{fm.layer}[{c}]",
+            )
             # A channel that is zero everywhere for this digit gets a faded label.
-            ax.set_title(str(c), fontsize=7, pad=1.5, color="black" if a.max() > 0 else "0.6")
-            ax.set_axis_off()
+            grid.text(
+                x0 + cell / 2,
+                y0 - 0.03,
+                str(c),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="black" if a.max() > 0 else "0.6",
+                label=f"{fm.layer}[{c}] title",
+            )
+        grid.set_xlim(0, grid_w)  # imshow fits the limits to the last image
+        grid.set_ylim(grid_h, 0)
     return fig
 
 
@@ -269,17 +289,30 @@ def plot_filters(weights: np.ndarray, layer: str = "conv1") -> Figure:
         width = cols * (cell + gap) - gap + 0.3
         height = head + rows * (cell + label_h) + foot
         fig = new_figure(width, height, layout=None)
+        # One axes for the grid, measuring inches from its top-left corner, downwards; each
+        # kernel an image labelled "<layer>[c]" (as in plot_feature_maps).
+        grid_w, grid_h = cols * (cell + gap) - gap, rows * (cell + label_h)
+        grid = fig.add_axes(
+            (0.15 / width, (height - head - grid_h) / height, grid_w / width, grid_h / height),
+            label=f"{layer} kernels",
+        )
         for c in range(n_out):
             r, j = divmod(c, cols)
-            left = 0.15 + j * (cell + gap)
-            top = head + r * (cell + label_h) + label_h
-            ax = fig.add_axes(
-                (left / width, (height - top - cell) / height, cell / width, cell / height),
+            x0, y0 = j * (cell + gap), r * (cell + label_h) + label_h
+            grid.imshow(
+                weights[c, 0],
+                cmap=GRAY,
+                vmin=-limit,
+                vmax=limit,
+                interpolation="nearest",
+                extent=(x0, x0 + cell, y0 + cell, y0),
+                aspect="auto",
                 label=f"{layer}[{c}]",
             )
-            ax.imshow(weights[c, 0], cmap=GRAY, vmin=-limit, vmax=limit, interpolation="nearest")
-            ax.set_title(str(c), fontsize=7, pad=1.5)
-            ax.set_axis_off()
+            grid.text(x0 + cell / 2, y0 - 0.03, str(c), ha="center", va="bottom", fontsize=7)
+        grid.set_xlim(0, grid_w)
+        grid.set_ylim(grid_h, 0)
+        grid.set_axis_off()
         fig.text(
             0.5,
             1 - 0.1 / height,
@@ -311,7 +344,14 @@ def plot_filters(weights: np.ndarray, layer: str = "conv1") -> Figure:
         from matplotlib import colormaps
 
         cmap = colormaps[GRAY].with_extremes(bad="#b9d3ee")  # gaps between tiles: light blue
-        im = ax.imshow(mosaic, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        im = ax.imshow(
+            mosaic,
+            cmap=cmap,
+            vmin=-limit,
+            vmax=limit,
+            interpolation="nearest",
+            label=f"{layer}[mosaic]",
+        )
         step = k + 1
         every_in = max(1, n_in // 8)
         every_out = max(1, n_out // 16)
