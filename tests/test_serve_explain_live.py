@@ -4,6 +4,7 @@ headless Chromium against a real server (fails, never skips, without Chromium/Pl
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,37 @@ OVERLAY = """() => {
   }
   return [red, blue, at];
 }"""
+
+
+class ApiTraffic:
+    """The page's requests to the API, watched from the page's start: which are open, and when
+    one last began or ended."""
+
+    def __init__(self, page) -> None:
+        self.page, self.open, self.last = page, set(), time.monotonic()
+        page.on("request", self._began)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _began(self, r) -> None:
+        if "/api/" in r.url:
+            self.open.add(r)
+            self.last = time.monotonic()
+
+    def _ended(self, r) -> None:
+        if "/api/" in r.url:
+            self.open.discard(r)
+            self.last = time.monotonic()
+
+    def settle(self, quiet_ms: int = 400, timeout_s: float = 20.0) -> None:
+        """Wait until no request is open and none began or ended for ``quiet_ms``: the
+        drawing's last update (its debounced request, or one queued behind an answer) is done."""
+        deadline = time.monotonic() + timeout_s
+        while self.open or time.monotonic() - self.last < quiet_ms / 1000:
+            assert time.monotonic() < deadline, "the page kept asking the server"
+            self.page.wait_for_timeout(50)
+
+
 INPUT = """() => Array.from(document.getElementById('input').getContext('2d')
   .getImageData(0, 0, 28, 28).data.filter((_, i) => i % 4 === 0))"""
 
@@ -40,6 +72,7 @@ def test_toggle_overlays_what_made_it_say_this(browser, url: str, tmp_path: Path
     page = browser.new_page(viewport={"width": 1240, "height": 1000})
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
+    traffic = ApiTraffic(page)
     page.goto(url)
     until(page, "document.getElementById('run-info').textContent.startsWith('run ')")
     box = page.locator("#pad").bounding_box()
@@ -47,6 +80,7 @@ def test_toggle_overlays_what_made_it_say_this(browser, url: str, tmp_path: Path
     shows(page, "7")
     assert page.evaluate(OVERLAY)[:2] == [0, 0]  # off: nothing over the input
 
+    traffic.settle()  # the drawing's own requests are over: what follows is the toggle's
     asked: list[str] = []
     page.on("request", lambda r: asked.append(r.url) if "/api/" in r.url else None)
     with page.expect_response(lambda r: "explain=true" in r.url) as info:
