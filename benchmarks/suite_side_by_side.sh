@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test suite's wall time at an earlier commit and at the working tree, side by side.
+usage="usage: benchmarks/suite_side_by_side.sh BASE [ROUNDS] [pytest args...]
+
+Runs the test suite at commit BASE (checked out in a temporary git worktree, run with this
+checkout's .venv and PYTHONPATH pointing at its own src/) and at the working tree, alternating
+(old, new, old, new, ...) ROUNDS times (default 3), so that a shared machine's drift touches both
+alike; two pytest-xdist workers, as 'make test' runs them. pytest args default to the fast tier
+(-m \"not slow\"; the whole suite: -m \"slow or not slow\"). Prints each run's wall seconds and the ratio of the means (new / old).
+Reads MNIST from \$MNIST_CNN_DATA. MNIST_CNN_DRY_RUN=1 only checks that BASE is a commit."
+set -euo pipefail
+# Bytecode caches are written as `make test` lets them be: otherwise the side without them
+# compiles every module in every process, every run.
+unset PYTHONDONTWRITEBYTECODE
+case "${1:-}" in -h|--help|"") echo "$usage"; [ -n "${1:-}" ]; exit ;; esac
+base=$1
+here=$(cd "$(dirname "$0")/.." && pwd)
+git -C "$here" rev-parse --verify --quiet "$base^{commit}" >/dev/null \
+  || { echo "suite_side_by_side: $base is not a commit of this repository" >&2; exit 2; }
+if [ -n "${MNIST_CNN_DRY_RUN:-}" ]; then echo "would compare $base with the working tree"; exit 0; fi
+rounds=${2:-3}
+shift $(( $# >= 2 ? 2 : 1 ))
+if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+python=${PYTHON:-$here/.venv/bin/python}
+old=$(mktemp -d)
+trap 'git -C "$here" worktree remove --force "$old" >/dev/null 2>&1 || true' EXIT
+git -C "$here" worktree add --detach --force "$old" "$base" >/dev/null 2>&1
+xdist=(-n 2 --dist loadfile --no-loadscope-reorder -q -p no:cacheprovider)
+# Untimed: collecting once writes both sides' bytecode caches, so no round pays for compiling.
+for dir in "$old" "$here"; do
+  (cd "$dir" && PYTHONPATH="$dir/src" "$python" -m pytest --collect-only -q >/dev/null 2>&1) || true
+done
+declare -A total=([old]=0 [new]=0)
+for ((i = 1; i <= rounds; i++)); do
+  for side in old new; do
+    dir=$here; [ "$side" = old ] && dir=$old
+    start=$(date +%s.%N)
+    (cd "$dir" && PYTHONPATH="$dir/src" "$python" -m pytest "${xdist[@]}" "$@" >/dev/null 2>&1) \
+      || { echo "suite_side_by_side: the suite failed on the $side side; run pytest there" >&2; exit 1; }
+    secs=$(echo "$(date +%s.%N) - $start" | bc)
+    total[$side]=$(echo "${total[$side]} + $secs" | bc)
+    printf '%s round %d: %.1f s\n' "$side" "$i" "$secs"
+  done
+done
+printf 'mean old %.1f s, new %.1f s, new/old %.2f\n' \
+  "$(echo "${total[old]} / $rounds" | bc -l)" "$(echo "${total[new]} / $rounds" | bc -l)" \
+  "$(echo "${total[new]} / ${total[old]}" | bc -l)"
