@@ -283,6 +283,43 @@ def tiny_fast_run(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
     return built_once(tmp_path_factory, "tiny-fast-run", build) / "run"
 
 
+# --------------------------------------------------------------------------- the browser
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium for one test. Not shared longer: while Playwright's sync API is open
+    it leaves an asyncio loop marked running in the thread, and other tests' ``asyncio.run``
+    (the load test's clients, a server started in-process) would fail."""
+    import shutil
+
+    from .browser_util import CHROMIUM, CHROMIUM_ARGS, INSTALL_HINT
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"Playwright is not installed: {INSTALL_HINT}")
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.fail(f"no Chromium at {CHROMIUM}: {INSTALL_HINT}")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(trained_run: Path):
+    """``mnist-cnn serve`` of ``trained_run`` in a child process, one per worker for the whole
+    run; the URL it listens on (the tests that use it only read from it)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from load_serve import server_process
+
+    with server_process(str(trained_run)) as url:
+        yield url
+
+
 def _hardware_summary() -> list[str]:
     """Which precision paths ran on this hardware and which could not run here."""
     import torch

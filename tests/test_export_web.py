@@ -27,10 +27,7 @@ from mnist_cnn.export_web import (
 from mnist_cnn.model import FastCNN, build_model
 from mnist_cnn.preprocess import preprocess_image
 
-from . import test_serve_live as live
 from .test_serve_live import COUNT_LIT, shows, stroke, until
-
-browser = live.browser  # the same headless Chromium fixture as the serve test's
 
 LOGIT_TOLERANCE = 1e-3  # fp32 weights: JavaScript's sums differ from PyTorch's only by rounding
 # fp16 weights: each weight rounded to 11 significant bits. Measured on a 600-step seed network

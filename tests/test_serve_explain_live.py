@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_serve_live import browser, server_process, shows, stroke, until  # noqa: F401
+from tests.test_serve_live import shows, stroke, until
 
 # Pixels of the overlay: how many are tinted red (for) and blue (against), and where the
 # reddest one is.
@@ -61,19 +60,13 @@ INPUT = """() => Array.from(document.getElementById('input').getContext('2d')
   .getImageData(0, 0, 28, 28).data.filter((_, i) => i % 4 === 0))"""
 
 
-@pytest.fixture(scope="module")
-def url(trained_run: Path) -> Iterator[str]:
-    with server_process(str(trained_run)) as u:
-        yield u
-
-
 @pytest.mark.slow
-def test_toggle_overlays_what_made_it_say_this(browser, url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_toggle_overlays_what_made_it_say_this(browser, server_url: str, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 1240, "height": 1000})
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
     traffic = ApiTraffic(page)
-    page.goto(url)
+    page.goto(server_url)
     until(page, "document.getElementById('run-info').textContent.startsWith('run ')")
     box = page.locator("#pad").bounding_box()
     stroke(page, [(70, 60), (215, 60), (120, 245)], box)  # a 7
@@ -105,9 +98,9 @@ def test_toggle_overlays_what_made_it_say_this(browser, url: str, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_not_a_digit_state(browser, url: str) -> None:  # noqa: F811
+def test_not_a_digit_state(browser, server_url: str) -> None:
     page = browser.new_page(viewport={"width": 1240, "height": 1000})
-    page.goto(url)
+    page.goto(server_url)
     until(page, "document.getElementById('run-info').textContent.startsWith('run ')")
     box = page.locator("#pad").bounding_box()
     # A hash sign drawn big: two bars down, two across.

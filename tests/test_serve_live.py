@@ -7,33 +7,16 @@ without them. Playwright drives the system browser: no browser download.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from load_serve import run_phases, server_process  # noqa: E402
+from load_serve import run_phases  # noqa: E402
 
 from mnist_cnn.checkpoint import load_model  # noqa: E402
-
-CHROMIUM = os.environ.get("MNIST_CNN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-INSTALL_HINT = (
-    "the browser test needs Chromium and Playwright for Python: "
-    "'apt-get install -y chromium' and 'pip install playwright' "
-    "(no 'playwright install': the test drives the system browser; "
-    "set MNIST_CNN_CHROMIUM if it is not at /usr/bin/chromium)"
-)
+from tests.browser_util import CHROMIUM, CHROMIUM_ARGS  # noqa: E402, F401 (the page tests')
 
 # Count, in the page, the map pixels (all but the white gaps: the colour map has no white) and
 # those that differ from the commonest map colour: a blank or frozen panel has none.
@@ -50,26 +33,6 @@ COUNT_LIT = """(id) => {
   for (const n of counts.values()) { total += n; most = Math.max(most, n); }
   return [total - most, total];
 }"""
-
-
-@pytest.fixture(scope="module")
-def server_url(trained_run: Path) -> Iterator[str]:
-    with server_process(str(trained_run)) as url:
-        yield url
-
-
-@pytest.fixture
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"Playwright is not installed: {INSTALL_HINT}")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.fail(f"no Chromium at {CHROMIUM}: {INSTALL_HINT}")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def until(page, condition: str, timeout: float = 20000) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve_live import CHROMIUM, CHROMIUM_ARGS, browser, server_url, shows, until
-
-__all__ = ["browser", "server_url"]  # fixtures used below
+from tests.browser_util import CHROMIUM, CHROMIUM_ARGS
+from tests.test_serve_live import shows, until
 
 PHONE = {"width": 390, "height": 844}
 
