@@ -8,6 +8,9 @@ digits is not the point: ``tiny_root`` (a data root with ``mnist/`` and ``fashio
 ``tiny_data`` (its mnist in memory, small validation split), ``tiny_run`` (the seed network
 trained briefly on it) and ``tiny_fast_run`` (the fast preset's network, likewise).
 
+The page tests: ``browser`` (a headless Chromium, one per test) and ``server_url``
+(``trained_run`` served by a real ``mnist-cnn serve`` process, one per worker).
+
 Tiers: a test that uses ``trained_run`` is marked ``slow`` here, as is any test marked by
 hand (real-MNIST training, the browser); ``make test-fast`` deselects ``slow``.
 

@@ -214,8 +214,6 @@ def plot_feature_maps(
         left0 = margin + side + 0.35
         # The grid's axes measure inches from its top-left corner, downwards.
         grid = axes(left0, grid_top, grid_w, grid_h, f"{fm.layer} maps")
-        grid.set_xlim(0, grid_w)
-        grid.set_ylim(grid_h, 0)
         grid.set_axis_off()
         for c in range(channels):
             r, k = divmod(c, cols)
@@ -244,7 +242,7 @@ def plot_feature_maps(
                 color="black" if a.max() > 0 else "0.6",
                 label=f"{fm.layer}[{c}] title",
             )
-        grid.set_xlim(0, grid_w)  # imshow fits the limits to the last image
+        grid.set_xlim(0, grid_w)  # after the images: each imshow fits the limits to itself
         grid.set_ylim(grid_h, 0)
     return fig
 
