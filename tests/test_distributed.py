@@ -198,7 +198,7 @@ def test_a_rank_dies_then_the_resumed_run_ends_like_one_process(
     to agree, and the resume must start from it, not from step 0.
     """
     one, two = tmp_path / "one", tmp_path / "two"
-    steps = 20
+    steps = 25  # the first checkpoint is at step 5; room for a kill that lands a few later
     # Start the 2-process run first (it would run far past ``steps``: it is stopped at its
     # first checkpoint) and train the 1-process reference while it starts.
     args = _train_args(small_root, two, steps=100_000, dropout=0.0)
@@ -237,7 +237,7 @@ def test_a_rank_dies_then_the_resumed_run_ends_like_one_process(
     # Rank 0 alone prints: one log line, for step 0.
     assert out.count("step 0,") == 1 and "test accuracy" not in out, out
     at = _checkpoint_step(two)
-    assert at in (5, 10, 15), at  # where the resume must start
+    assert at % 5 == 0 and 5 <= at < steps, at  # where the resume must start (usually 5)
 
     rc, out, err = _finish(_torchrun(["train", "--resume", str(two), "--steps", str(steps)]))
     assert rc == 0, err
