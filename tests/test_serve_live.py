@@ -16,7 +16,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from load_serve import run_phases  # noqa: E402
 
 from mnist_cnn.checkpoint import load_model  # noqa: E402
-from tests.browser_util import CHROMIUM, CHROMIUM_ARGS  # noqa: E402, F401 (the page tests')
 
 # Count, in the page, the map pixels (all but the white gaps: the colour map has no white) and
 # those that differ from the commonest map colour: a blank or frozen panel has none.
