@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adam import FusedAdam, Optimizer
 from .datasets import NUM_CLASSES
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path, storage_error
@@ -335,7 +336,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_training_state(
     run_dir: str | os.PathLike[str],
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     meta: dict[str, Any],
 ) -> None:
     """Write ``checkpoint.safetensors`` (weights, optimizer, RNG) and ``model.safetensors``."""
@@ -393,7 +394,7 @@ def _check_hyperparameters(group: dict, bad: str) -> None:
 
 
 def _check_optimizer(
-    tensors: dict[str, torch.Tensor], meta: Any, optimizer: torch.optim.Optimizer, path: Path
+    tensors: dict[str, torch.Tensor], meta: Any, optimizer: Optimizer, path: Path
 ) -> dict:
     """The saved optimizer state, checked against the live optimizer before it is loaded."""
     bad = f"{path}: optimizer state does not fit"
@@ -452,13 +453,13 @@ def _check_optimizer(
     complete = set(state["state"]) == set(shapes) and all(
         set(v) == keys for v in state["state"].values()
     )
-    if state["state"] and isinstance(optimizer, torch.optim.Adam) and not complete:
+    if state["state"] and isinstance(optimizer, (torch.optim.Adam, FusedAdam)) and not complete:
         raise CheckpointError(f"{bad} (Adam state incomplete)")
     return state
 
 
 def load_training_state(
-    run_dir: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer
+    run_dir: str | os.PathLike[str], model: nn.Module, optimizer: Optimizer
 ) -> dict[str, Any]:
     """Restore weights, optimizer and RNG state from a run's checkpoint; returns its metadata.
 

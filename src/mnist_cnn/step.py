@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from .adam import FusedAdam, Optimizer
 from .device import hardware_description
 from .errors import ConfigError
 from .model import loss_fn
@@ -177,8 +178,15 @@ def prepare_model(model: nn.Module, plan: StepPlan) -> nn.Module:
 
 def make_optimizer(
     params: Any, lr: float, plan: StepPlan, *, weight_decay: float = 0.0
-) -> torch.optim.Adam:
-    """The seed's Adam; its fused kernel where the plan says (capturable under a CUDA graph)."""
+) -> Optimizer:
+    """The seed's Adam; its fused kernel where the plan says (capturable under a CUDA graph).
+
+    On the CPU the fused kernel is called by ``FusedAdam`` (the same numbers, without
+    ``torch.optim``'s 1.5–2 s import at a process's first step); the plain step keeps
+    ``torch.optim.Adam`` as a plain training loop writes it.
+    """
+    if plan.fused_adam and plan.device_type == "cpu":
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay)
     extra: dict[str, Any] = {}
     if plan.fused_adam:
         extra["fused"] = True
@@ -188,7 +196,7 @@ def make_optimizer(
 
 
 @torch.no_grad()
-def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+def match_state_layout(optimizer: Optimizer) -> None:
     """Give each optimizer state tensor its parameter's memory layout.
 
     State loaded from a checkpoint is contiguous (NCHW) while channels-last weights are not;
@@ -297,7 +305,7 @@ class LowPrecisionWeights:
 
 def step_body(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     amp_dtype: torch.dtype | None,
@@ -322,7 +330,7 @@ def step_body(
 
 def make_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     *,
     amp_dtype: torch.dtype | None = None,
     lr: Callable[[int], float] | None = None,
@@ -345,7 +353,7 @@ def make_step(
 
 def build_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     plan: StepPlan,
     *,
     lr: Callable[[int], float] | None = None,
@@ -428,7 +436,7 @@ class GraphedStep:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         x: torch.Tensor,
         y: torch.Tensor,
         *,
@@ -481,7 +489,7 @@ class GraphedStep:
 class _Snapshot:
     """Weights, buffers, optimizer state and RNG, to undo warm-up steps in place."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+    def __init__(self, model: nn.Module, optimizer: Optimizer, device: torch.device):
         self.model = model
         self.optimizer = optimizer
         self.device = device
@@ -522,7 +530,7 @@ class LazyGraphedStep:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         *,
         amp_dtype: torch.dtype | None = None,
         graph_factory: Callable[[], Graph] | None = None,

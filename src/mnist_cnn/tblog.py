@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adam import Optimizer
 from .datasets import to_float
 from .errors import ConfigError
 
@@ -87,7 +88,7 @@ class TensorBoardLog:
         self.batch_size = batch_size
         self._last: tuple[int, float] | None = None  # (step, seconds) of the previous record
 
-    def log(self, rec: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def log(self, rec: dict[str, Any], model: nn.Module, optimizer: Optimizer) -> None:
         """Write one metrics record, the learning rate, the speed and the feature maps."""
         step = int(rec["step"])
         w = self.writer

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, tblog
+from .adam import Optimizer
 from .batches import BatchSource
 from .checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
 from .datasets import MNISTLike, load_dataset
@@ -461,9 +462,7 @@ class Tally:
         return cls(step, float(seconds), float(loss_sum), loss_count)
 
 
-def restore(
-    run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> Tally:
+def restore(run: RunDir, model: nn.Module, optimizer: Optimizer, config: TrainConfig) -> Tally:
     """Load the run's checkpoint into ``model`` and ``optimizer``; where training stands."""
     if not run.file(CHECKPOINT_FILE).exists():
         log.warning("%s has no checkpoint yet: starting it again at step 0", run)
@@ -652,7 +651,7 @@ class _Recorder:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         data: MNISTLike,
         config: TrainConfig,
         device: torch.device,
@@ -713,7 +712,7 @@ class _Saver:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         config: TrainConfig,
         data: MNISTLike,
         run: RunDir,
