@@ -140,7 +140,7 @@ class DeepMNIST(nn.Module):
             h = F.relu(F.max_pool2d(self.conv1(x), 2))
             h = F.relu(F.max_pool2d(self.conv2(h), 2))
         h = keep("fc1", F.relu(self.fc1(flatten(h))))  # (N, 1024)
-        h = F.dropout(h, self.config.dropout, self.training)
+        h = dropout(h, self.config.dropout, self.training)
         logits = keep("logits", self.fc2(h))  # (N, 10)
         return (logits, acts) if return_activations else logits
 
@@ -201,7 +201,7 @@ class FastCNN(nn.Module):
             acts["conv2"] = F.relu(self.bn2(h))
         h = acts["pool2"] = F.relu(self.bn2(F.max_pool2d(h, 2)))  # (N, c2, 7, 7)
         h = acts["fc1"] = F.relu(self.bn3(self.fc1(flatten(h))))  # (N, hidden)
-        h = F.dropout(h, self.config.dropout, self.training)
+        h = dropout(h, self.config.dropout, self.training)
         logits = acts["logits"] = self.fc2(h)  # (N, 10)
         return (logits, acts) if return_activations else logits
 
@@ -217,6 +217,22 @@ class _FlattenChannelsLast(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+def dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout(h, p, training)``: each value zeroed with probability ``p``, the rest scaled
+    by 1/(1 − p).
+
+    On the CPU the mask comes from ``torch.rand`` (uniform < p is dropped): PyTorch's CPU
+    dropout draws its Bernoulli mask one value at a time, 0.8 ms for the seed's 50 × 1,024
+    fc1 outputs against 0.2 ms for as many uniforms (4% of a fast bf16 step). The same
+    distribution of masks and the same arithmetic (the input times mask/(1 − p), in its
+    dtype); other devices keep their own fused kernel.
+    """
+    if not training or p == 0 or h.device.type != "cpu":
+        return F.dropout(h, p, training)
+    noise = (torch.rand(h.shape) >= p).to(h.dtype).div_(1 - p)
+    return h * noise
 
 
 def flatten(h: torch.Tensor) -> torch.Tensor:
