@@ -1,0 +1,110 @@
+"""The fast preset with a third conv stage, on the validation split: does depth pay for its time?
+
+    .venv/bin/python benchmarks/fast_preset_variants.py [--conv3 64] [--pool3] [--seeds 0 1 2]
+        [--lr 1e-2] [--batch-size 128] [--steps 860]
+
+Trains ``--preset fast`` (or, with ``--conv3 C``, the same network with a 3×3 conv of C channels,
+batch norm and ReLU after its second stage, at 7×7, or max-pooled to 3×3 with ``--pool3``) once
+per seed, one thread, and prints each seed's validation and test accuracy and CPU seconds, then
+the means. Choose on validation; the test set is only reported. ``--conv3 0`` is the preset.
+MNIST from $MNIST_CNN_DATA. MNIST_CNN_DRY_RUN=1 checks the arguments only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from mnist_cnn import model as model_module  # noqa: E402
+from mnist_cnn.datasets import default_data_root, load_dataset  # noqa: E402
+from mnist_cnn.model import ModelConfig, flatten  # noqa: E402
+from mnist_cnn.train import preset_config, train  # noqa: E402
+
+ARCH = "fast-cnn-conv3"  # registered by this script only
+
+
+def variant(conv3: int, pool3: bool) -> type[nn.Module]:
+    """The fast preset's network with a third conv stage of ``conv3`` channels."""
+
+    class FastCNNConv3(nn.Module):
+        def __init__(self, config: ModelConfig) -> None:
+            super().__init__()
+            self.config = c = config
+            k, pad = c.kernel_size, c.kernel_size // 2
+            self.conv1 = nn.Conv2d(1, c.conv1_channels, k, padding=pad, bias=False)
+            self.bn1 = nn.BatchNorm2d(c.conv1_channels)
+            self.conv2 = nn.Conv2d(c.conv1_channels, c.conv2_channels, k, padding=pad, bias=False)
+            self.bn2 = nn.BatchNorm2d(c.conv2_channels)
+            self.conv3 = nn.Conv2d(c.conv2_channels, conv3, k, padding=pad, bias=False)
+            self.bn3c = nn.BatchNorm2d(conv3)
+            side = 3 if pool3 else 7
+            self.fc1 = nn.Linear(conv3 * side * side, c.hidden, bias=False)
+            self.bn3 = nn.BatchNorm1d(c.hidden)
+            self.fc2 = nn.Linear(c.hidden, c.num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.view(-1, 1, 28, 28)
+            h = F.relu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+            h = F.relu(self.bn2(F.max_pool2d(self.conv2(h), 2)))
+            h = self.conv3(h)
+            h = F.relu(self.bn3c(F.max_pool2d(h, 2) if pool3 else h))
+            h = F.relu(self.bn3(self.fc1(flatten(h))))
+            return self.fc2(F.dropout(h, self.config.dropout, self.training))
+
+    return FastCNNConv3
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conv3", type=int, default=64, help="third stage's channels (0: the preset)")
+    p.add_argument("--pool3", action="store_true", help="max-pool the third stage to 3×3")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    args = p.parse_args()
+    if args.conv3 < 0:
+        p.error("--conv3 must be 0 (the preset) or a number of channels")
+    name = f"conv3 {args.conv3}{' pooled' if args.pool3 else ''}" if args.conv3 else "the preset"
+    if os.environ.get("MNIST_CNN_DRY_RUN"):
+        print(f"would train {name} for seeds {args.seeds}")
+        return 0
+    torch.set_num_threads(1)  # CPU seconds are the fair measure on a shared machine
+    mnist = load_dataset("mnist", default_data_root(), download=False)
+    base = preset_config("fast", lr=args.lr, batch_size=args.batch_size, steps=args.steps)
+    if args.conv3:
+        model_module.ARCHITECTURES[ARCH] = variant(args.conv3, args.pool3)
+        base = dataclasses.replace(base, model=dataclasses.replace(base.model, arch=ARCH))
+    rows = []
+    for seed in args.seeds:
+        logs: list[dict] = []
+        with tempfile.TemporaryDirectory() as out:
+            config = dataclasses.replace(base, seed=seed, device="cpu")
+            start = time.process_time()
+            result = train(config, Path(out) / "run", data=mnist, on_log=logs.append)
+            cpu = time.process_time() - start
+        rows.append((logs[-1]["val_accuracy"], result.test.accuracy, cpu))
+        print(
+            f"{name}, seed {seed}: validation {rows[-1][0]:.4f}, test {rows[-1][1]:.4f}, "
+            f"{cpu:.1f} CPU s",
+            flush=True,
+        )
+    mean = [sum(r[i] for r in rows) / len(rows) for i in range(3)]
+    print(f"{name}: mean validation {mean[0]:.4f}, test {mean[1]:.4f}, {mean[2]:.1f} CPU s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
