@@ -124,7 +124,7 @@ def test_settings_adam_is_not_defined_for_are_refused(make) -> None:
 
 @pytest.mark.slow
 def test_a_cpu_training_process_never_imports_dynamo(tiny_root: Path, tmp_path: Path) -> None:
-    """torch.optim imports torch._dynamo on an optimizer's first use: 1.5–2 s of each training
+    """torch.optim imports torch._dynamo on an optimizer's first use: 1.2–2 s of each training
     command's start on two cores. The fast path's CPU training, checkpoint and resume included,
     does without it (a regression here costs every `mnist-cnn train` those seconds)."""
     code = (

@@ -2,7 +2,7 @@
 without what ``torch.optim`` costs a process before its first step.
 
 ``torch.optim.Optimizer``'s constructor, ``step``, ``zero_grad`` and ``state_dict`` each import
-``torch._dynamo`` on first use (to mark themselves as not to be compiled): 1.5–2 s of every
+``torch._dynamo`` on first use (to mark themselves as not to be compiled): 1.2–2 s of every
 training process's start on a 2-core CPU, and on the CPU about 0.3 ms of bookkeeping per step.
 ``FusedAdam`` makes the same single call of PyTorch's fused Adam kernel per step that
 ``torch.optim.Adam(fused=True)`` makes, on the same state, and nothing else.

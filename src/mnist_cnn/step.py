@@ -182,7 +182,7 @@ def make_optimizer(
     """The seed's Adam; its fused kernel where the plan says (capturable under a CUDA graph).
 
     On the CPU the fused kernel is called by ``FusedAdam`` (the same numbers, without
-    ``torch.optim``'s 1.5–2 s import at a process's first step); the plain step keeps
+    ``torch.optim``'s 1.2–2 s import at a process's first step); the plain step keeps
     ``torch.optim.Adam`` as a plain training loop writes it.
     """
     if plan.fused_adam and plan.device_type == "cpu":
