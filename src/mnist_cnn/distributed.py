@@ -4,11 +4,12 @@
 joins one process group (gloo for CPU tensors, NCCL for CUDA tensors) and trains a replica of the
 network wrapped in DistributedDataParallel, which averages the gradients after every backward pass.
 
-- ``--batch-size`` is the GLOBAL batch: the data order is the pure function of (seed, step) that
-  :func:`mnist_cnn.train.batch_indices` gives, so every process knows the whole batch of a step and
-  takes its own contiguous 1/N of it. Each process's loss is the mean over its equal share, and the
-  mean of those means is the mean over the whole batch: N processes take the same steps as one
-  process with the same batch (up to float rounding), and the seed recipe's results carry over.
+- ``--batch-size`` is the GLOBAL batch: the data order is the pure function of (seed, step)
+  that :func:`mnist_cnn.batches.batch_indices` gives, so every process knows the whole batch of
+  a step and takes its own contiguous 1/N of it. Each process's loss is the mean over its equal
+  share, and the mean of those means is the mean over the whole batch: N processes take the same
+  steps as one process with the same batch (up to float rounding), and the seed recipe's results
+  carry over.
 - Dropout masks: each process seeds its dropout generator from (seed, rank, step) before every step,
   so processes never share masks and a resumed run draws the same masks as one that never stopped.
 - Evaluation: each process evaluates a contiguous shard of the split and the confusion matrices are
