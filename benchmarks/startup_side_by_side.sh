@@ -10,21 +10,11 @@ run's wall and user CPU seconds and the ratio of the mean wall times (new / old)
 from \$MNIST_CNN_DATA (else ~/.cache/mnist-cnn). MNIST_CNN_DRY_RUN=1 only checks that BASE is
 a commit."
 set -euo pipefail
-case "${1:-}" in -h|--help|"") echo "$usage"; [ -n "${1:-}" ]; exit ;; esac
-base=$1
-here=$(cd "$(dirname "$0")/.." && pwd)
-git -C "$here" rev-parse --verify --quiet "$base^{commit}" >/dev/null \
-  || { echo "startup_side_by_side: $base is not a commit of this repository" >&2; exit 2; }
-rounds=${2:-4}
-[[ $rounds =~ ^[1-9][0-9]*$ ]] \
-  || { echo "startup_side_by_side: ROUNDS must be a whole number of rounds, got '$rounds'" >&2; exit 2; }
-if [ -n "${MNIST_CNN_DRY_RUN:-}" ]; then echo "would compare $base with the working tree"; exit 0; fi
-python=${PYTHON:-$here/.venv/bin/python}
-old=$(mktemp -d)
+# shellcheck source=benchmarks/side_by_side.sh
+. "$(dirname "$0")/side_by_side.sh"
+side_by_side_start startup_side_by_side 4 "$@"
 out=$(mktemp -d)
 trap 'git -C "$here" worktree remove --force "$old" >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
-git -C "$here" worktree add --detach --force "$old" "$base" >/dev/null 2>&1 \
-  || { echo "startup_side_by_side: could not check out $base in a worktree at $old" >&2; exit 1; }
 declare -A total=([old]=0 [new]=0)
 for ((i = 0; i <= rounds; i++)); do  # round 0 is untimed: it writes both sides' bytecode
   for side in old new; do

@@ -12,22 +12,11 @@ set -euo pipefail
 # Bytecode caches are written as `make test` lets them be: otherwise the side without them
 # compiles every module in every process, every run.
 unset PYTHONDONTWRITEBYTECODE
-case "${1:-}" in -h|--help|"") echo "$usage"; [ -n "${1:-}" ]; exit ;; esac
-base=$1
-here=$(cd "$(dirname "$0")/.." && pwd)
-git -C "$here" rev-parse --verify --quiet "$base^{commit}" >/dev/null \
-  || { echo "suite_side_by_side: $base is not a commit of this repository" >&2; exit 2; }
-rounds=${2:-3}
-[[ $rounds =~ ^[1-9][0-9]*$ ]] \
-  || { echo "suite_side_by_side: ROUNDS must be a whole number of rounds, got '$rounds'" >&2; exit 2; }
-if [ -n "${MNIST_CNN_DRY_RUN:-}" ]; then echo "would compare $base with the working tree"; exit 0; fi
-shift $(( $# >= 2 ? 2 : 1 ))
+# shellcheck source=benchmarks/side_by_side.sh
+. "$(dirname "$0")/side_by_side.sh"
+side_by_side_start suite_side_by_side 3 "$@"
+shift "$consumed"
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
-python=${PYTHON:-$here/.venv/bin/python}
-old=$(mktemp -d)
-trap 'git -C "$here" worktree remove --force "$old" >/dev/null 2>&1 || true' EXIT
-git -C "$here" worktree add --detach --force "$old" "$base" >/dev/null 2>&1 \
-  || { echo "suite_side_by_side: could not check out $base in a worktree at $old" >&2; exit 1; }
 xdist=(-n 2 --dist loadfile --no-loadscope-reorder -q -p no:cacheprovider)
 # Untimed: collecting once writes both sides' bytecode caches, so no round pays for compiling.
 for dir in "$old" "$here"; do
