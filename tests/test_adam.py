@@ -29,7 +29,7 @@ def _twins(**settings) -> tuple[list, torch.optim.Adam, list, FusedAdam]:
     return a, torch.optim.Adam(a, fused=True, **settings), b, FusedAdam(b, **settings)
 
 
-def _steps(pairs, n: int, start: int = 0, lr_change: bool = True) -> None:
+def _steps(pairs, n: int, start: int = 0) -> None:
     """``n`` steps of each (params, optimizer) pair on the same gradients."""
     for i in range(start, start + n):
         gen = torch.Generator().manual_seed(100 + i)
@@ -40,8 +40,7 @@ def _steps(pairs, n: int, start: int = 0, lr_change: bool = True) -> None:
                 if j == 3 and i % 3:
                     continue  # no gradient this step: Adam leaves it and its state alone
                 p.grad = torch.empty_like(p).copy_(g)  # the layout backward gives it
-            if lr_change:
-                opt.param_groups[0]["lr"] = 1e-3 * (1 + i % 4)  # a schedule between steps
+            opt.param_groups[0]["lr"] = 1e-3 * (1 + i % 4)  # a schedule between steps
             opt.step()
 
 
@@ -84,9 +83,8 @@ def test_state_dict_is_torch_adams_and_loads_both_ways() -> None:
             assert torch.equal(saved_b["state"][n][key], value)
 
     # Crossed: torch's state into FusedAdam, FusedAdam's into torch.optim.Adam.
-    c, d = [p.detach().clone() for p in a], [p.detach().clone() for p in b]
-    c = [torch.nn.Parameter(p) for p in c]
-    d = [torch.nn.Parameter(p) for p in d]
+    c = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    d = [torch.nn.Parameter(p.detach().clone()) for p in b]
     opt_c, opt_d = FusedAdam(c, lr=5.0), torch.optim.Adam(d, lr=5.0, fused=True)
     opt_c.load_state_dict(saved_a)
     opt_d.load_state_dict(saved_b)

@@ -67,7 +67,10 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float) ->
         torch.testing.assert_close(pa, pb, atol=atol, rtol=1e-4, msg=name)
 
 
-def _path(model: torch.nn.Module, plan: st.StepPlan, lr: float = 1e-3):
+LR = 1e-3  # the learning rate of the compared steps
+
+
+def _path(model: torch.nn.Module, plan: st.StepPlan, lr: float = LR):
     model = st.prepare_model(model, plan)
     return model, st.build_step(model, st.make_optimizer(model.parameters(), lr, plan), plan)
 
@@ -149,7 +152,7 @@ def test_fp32_fast_step_matches_plain_step(cls: type, config: ModelConfig) -> No
     # summation orders can step that weight apart by up to lr. So: every weight within the
     # steps' reach, almost all within 1e-5, and the losses within what one such weight moves.
     assert losses_fast == pytest.approx(losses_plain, rel=1e-4)
-    _assert_same_weights(plain, quick, atol=len(batches) * 1e-3)
+    _assert_same_weights(plain, quick, atol=len(batches) * LR)
     _assert_mostly_within(plain, quick, atol=1e-5, share=1e-3)
 
 
