@@ -1,5 +1,7 @@
 """The seed network's fast step with and without bf16 weight copies, and the plain step, side by
-side in one run: what the copies save, as a ratio that background load falls on alike.
+side in one run: what the copies save, as a ratio that background load falls on alike. Also the
+fast step with conv1 (one input channel) computed as an im2col matrix product: tried, and kept
+out of the step because it is slower (docs/speed.md).
 
     .venv/bin/python benchmarks/step_variants.py [--rounds 10] [--steps 10] [--threads N]
 
@@ -19,12 +21,31 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from mnist_cnn.model import ModelConfig, build_model  # noqa: E402
 from mnist_cnn.step import build_step, make_optimizer, prepare_model, resolve_plan  # noqa: E402
+
+
+class Im2colConv1(nn.Conv2d):
+    """conv1 (one input channel, stride 1, same padding) as one matrix product: the k×k windows
+    of the padded image as rows (N·H·W, k²) times the weights (k², C). Its output is NHWC in
+    memory, i.e. channels-last, as the fast step's maps are. Only while gradients are on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        n, _, h, w = x.shape
+        k, pad = self.kernel_size[0], self.padding[0]
+        padded = F.pad(x.reshape(n, h, w), (pad, pad, pad, pad))
+        cols = padded.unfold(1, k, 1).unfold(2, k, 1).reshape(n * h * w, k * k)
+        weight = self.weight.reshape(self.out_channels, k * k).t()
+        out = torch.addmm(self.bias, cols, weight) if self.bias is not None else cols @ weight
+        return out.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
 
 
 def main() -> int:
@@ -46,6 +67,7 @@ def main() -> int:
         "plain step (fp32, NCHW, Adam)": resolve_plan(device, "fp32", plain=True),
         "fast bf16, autocast casts": dataclasses.replace(fast, bf16_weights=False),
         "fast bf16, bf16 weight copies": fast,
+        "… and conv1 as im2col matmul": fast,
     }
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(50, 1, 28, 28, generator=gen)
@@ -53,7 +75,10 @@ def main() -> int:
     steps = {}
     for name, plan in variants.items():
         torch.manual_seed(0)
-        model = prepare_model(build_model(ModelConfig()), plan)
+        model = build_model(ModelConfig())
+        if "im2col" in name:
+            model.conv1.__class__ = Im2colConv1  # same parameters, another forward
+        model = prepare_model(model, plan)
         step = build_step(model, make_optimizer(model.parameters(), 1e-4, plan), plan)
         xb = x.contiguous(memory_format=torch.channels_last) if plan.channels_last else x
         for _ in range(3):  # warm-up: oneDNN picks its kernels
