@@ -213,7 +213,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # --------------------------------------------------------------------------- generated data
 
-TINY_TRAIN = 5_500  # the first 5,000 become the validation split: 500 left to train on
+TINY_TRAIN = 1_000  # the first twelfth (83) becomes the validation split: 917 left to train on
 TINY_TEST = 101  # odd: two processes evaluate shards of 51 and 50
 
 
@@ -223,7 +223,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Each class is a bright block in its own place over faint noise (``idx_util``), so a network
     learns it in a few dozen steps; 10% of the labels are random, so it still makes mistakes.
-    5,500 training images (5,000 of them the validation split) and 101 test images.
+    1,000 training images (83 of them the validation split) and 101 test images.
     """
     from .idx_util import write_dataset
 
@@ -238,14 +238,10 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data(tiny_root: Path):
-    """``tiny_root``'s mnist in memory, validation cut to 500 images: in-process runs only."""
-    import dataclasses
+    """``tiny_root``'s mnist in memory: 917 training, 83 validation and 101 test images."""
+    from mnist_cnn.datasets import load_dataset
 
-    from mnist_cnn.datasets import Split, load_dataset
-
-    data = load_dataset("mnist", tiny_root, download=False)
-    val = Split("val", data.val.images[:500], data.val.labels[:500])
-    return dataclasses.replace(data, val=val)
+    return load_dataset("mnist", tiny_root, download=False)
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def test_reads_torchvisions_copy_after_checking_it(data_root: Path, tmp_path: Pa
 
     # Files of the right shape whose content is not MNIST's are not used: no data, no download.
     other = tmp_path / "other"
-    write_dataset(other / "MNIST" / "raw", n_train=5_010, n_test=30)
+    write_dataset(other / "MNIST" / "raw", n_train=120, n_test=30)
     with pytest.raises(DataError, match="not found"):
         load_test_split("mnist", other, download=False)
 
@@ -73,9 +73,9 @@ def test_reads_keras_npz_only_when_its_arrays_are_mnists(mnist, tmp_path: Path, 
 
 def test_torch_dataset_views(tmp_path: Path):
     root = tmp_path / "data"
-    write_dataset(root / "mnist", n_train=5_010, n_test=30, seed=3)
+    write_dataset(root / "mnist", n_train=120, n_test=30, seed=3)
     sets = torch_datasets("mnist", root, download=False)
-    assert {k: len(v) for k, v in sets.items()} == {"train": 10, "val": 5_000, "test": 30}
+    assert {k: len(v) for k, v in sets.items()} == {"train": 110, "val": 10, "test": 30}
     assert all(isinstance(v, torch.utils.data.Dataset) for v in sets.values())
     image, label = sets["test"][4]
     split = sets["test"].split

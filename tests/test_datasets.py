@@ -13,6 +13,7 @@ from mnist_cnn.datasets import (
     one_hot,
     parse_idx,
     read_idx,
+    validation_size,
 )
 from mnist_cnn.errors import DataError
 
@@ -65,14 +66,24 @@ def test_read_idx_names_the_file_when_gzip_is_damaged(tmp_path):
 
 
 def test_small_dataset_splits(tmp_path):
-    write_dataset(tmp_path / "mnist", n_train=5_010, n_test=30)
+    """A training file smaller than MNIST's keeps MNIST's share of validation images (a twelfth)
+    rather than 5,000 of them: 6,000 images still train on 5,500, not on 1,000."""
+    assert validation_size(60_000) == 5_000 and validation_size(600_000) == 5_000  # the seed's
+    assert validation_size(6_000) == 500 and validation_size(12) == 1
+    write_dataset(tmp_path / "mnist", n_train=130, n_test=30)
     data = load_dataset("mnist", tmp_path, download=False)
-    assert (len(data.train), len(data.val), len(data.test)) == (10, 5_000, 30)
+    assert (len(data.train), len(data.val), len(data.test)) == (120, 10, 30)
     full = load_dataset("mnist", tmp_path, full_train=True, download=False)
-    assert len(full.train) == 5_010
-    # The validation split is the first 5,000 of the training file, in both modes.
-    torch.testing.assert_close(full.train.images[:5_000], data.val.images)
-    torch.testing.assert_close(full.train.images[5_000:], data.train.images)
+    assert len(full.train) == 130
+    # The validation split is the first twelfth of the training file, in both modes.
+    torch.testing.assert_close(full.train.images[:10], data.val.images)
+    torch.testing.assert_close(full.train.images[10:], data.train.images)
+
+
+def test_too_few_training_images_is_one_clear_error(tmp_path):
+    write_dataset(tmp_path / "mnist", n_train=11, n_test=5)
+    with pytest.raises(DataError, match="only 11 training images; need at least 12"):
+        load_dataset("mnist", tmp_path, download=False)
 
 
 def test_wrong_file_for_labels_is_refused(tmp_path):

@@ -2,8 +2,8 @@
 that are no digits, its file in the run folder, and where people meet it (predict, evaluate
 --ood, the model card).
 
-Cheap by design: most tests calibrate on the 40-step ``tiny_run`` and its generated data (500
-training and 500 validation images); the one on real digits (slow tier) reads the check that
+Cheap by design: most tests calibrate on the 40-step ``tiny_run`` and its generated data (917
+training and 83 validation images); the one on real digits (slow tier) reads the check that
 conftest stores in the shared 600-step run (calibrated on 4,000 MNIST digits).
 docs/inspect.md has the full-size rates from benchmarks/digitness.py."""
 
@@ -204,8 +204,8 @@ def test_evaluate_ood_agrees_with_the_scores(
     folder.mkdir(parents=True)
     others = np.random.default_rng(2).integers(0, 120, (30, 28, 28), dtype=np.uint8)
     for name, arr in {
-        "train-images-idx3-ubyte": np.zeros((5001, 28, 28), np.uint8),
-        "train-labels-idx1-ubyte": np.zeros(5001, np.uint8),
+        "train-images-idx3-ubyte": np.zeros((24, 28, 28), np.uint8),
+        "train-labels-idx1-ubyte": np.zeros(24, np.uint8),
         "t10k-images-idx3-ubyte": others,
         "t10k-labels-idx1-ubyte": np.zeros(len(others), np.uint8),
     }.items():

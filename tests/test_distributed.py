@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun: 2 CPU processes over gloo against 1 process.
 
-The runs use the generated data root ``tiny_root`` (5,000 validation images, 500 training images
+The runs use the generated data root ``tiny_root`` (83 validation images, 917 training images
 and 101 test images: an odd count, so the two processes evaluate shards of 51 and 50) to stay
 fast, in fp32: bf16 autocast (the default where the processor has it) rounds the 2-process
 gradient average differently from the 1-process one, beyond what the comparison allows.

@@ -13,8 +13,8 @@ def test_accuracy_is_identical_for_every_batch_size(tiny_run, tiny_root):
     from mnist_cnn.datasets import load_dataset
 
     model, _ = load_model(tiny_run)
-    val = load_dataset("mnist", tiny_root, download=False).val
-    images, labels = val.images[:303], val.labels[:303]
+    train = load_dataset("mnist", tiny_root, download=False).train
+    images, labels = train.images[:303], train.labels[:303]
     results = {bs: evaluate(model, images, labels, batch_size=bs) for bs in (1, 7, 100, 303)}
     correct = {bs: r.correct for bs, r in results.items()}
     assert len(set(correct.values())) == 1, correct

@@ -168,7 +168,7 @@ def test_pipes_and_devices_are_not_read_as_idx(tmp_path):
 
 
 def test_a_test_split_of_zero_images_is_an_error(tmp_path):
-    folder = write_dataset(tmp_path / "mnist", n_train=5_010, n_test=0)
+    folder = write_dataset(tmp_path / "mnist", n_train=120, n_test=0)
     assert parse_idx(gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())).size == 0
     with pytest.raises(DataError, match="test files hold no images"):
         load_dataset("mnist", tmp_path, download=False)
@@ -264,7 +264,7 @@ def test_script_in_run_files_never_reaches_the_report_unescaped(capsys, tmp_path
     # The pictures are not the point here, and rendering them is most of a report's time.
     monkeypatch.setattr(Figure, "savefig", lambda self, target, **kw: _write_png(target))
     root = tmp_path / "data"
-    write_dataset(root / "mnist", n_train=5_010, n_test=20)
+    write_dataset(root / "mnist", n_train=120, n_test=20)
     run = tmp_path / "run"
     run.mkdir()
     script = "<script>alert(1)</script>"

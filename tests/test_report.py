@@ -67,7 +67,7 @@ def test_report_escapes_what_it_reads_from_the_run(tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(report, "explain_mistakes", lambda *a, **k: None)
     monkeypatch.setattr(report, "figure_png", lambda fig: b"picture")
 
-    write_dataset(tmp_path / "data" / "mnist", n_train=5_010, n_test=60)
+    write_dataset(tmp_path / "data" / "mnist", n_train=120, n_test=60)
     run = tmp_path / "run"
     run.mkdir()
     save_model(run / "model.safetensors", build_model(), {"step": 3})

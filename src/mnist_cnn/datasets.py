@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 VALIDATION_SIZE = 5_000  # the seed's loader held out the first 5,000 training images
+VALIDATION_SHARE = 12  # ... a twelfth of MNIST's 60,000: smaller training files keep that share
+
+
+def validation_size(n_train: int) -> int:
+    """How many of a training file's first images form the validation split: 5,000, as the
+    seed's loader held out of MNIST's 60,000, or a twelfth of a smaller file (so a file of 6,000
+    still trains on 5,500 rather than 1,000). 0 below 12 images."""
+    return min(VALIDATION_SIZE, n_train // VALIDATION_SHARE)
+
+
 SPLITS = ("train", "val", "test")
 
 # IDX type byte -> numpy dtype (big-endian on disk). MNIST uses only 0x08, but the format has more.
@@ -386,24 +396,28 @@ def load_dataset(
 ) -> MNISTLike:
     """Load a dataset: train 55,000 / val 5,000 (the first 5,000 of the training file) / test.
 
-    With ``full_train`` the training split is all 60,000 images and ``val`` still holds the first
-    5,000 (so validation numbers are then no longer held out; say so when you report them).
+    A training file of fewer than 60,000 images keeps the same share: its first twelfth is the
+    validation split (``validation_size``). With ``full_train`` the training split is the whole
+    file and ``val`` still holds its first part (so validation numbers are then no longer held
+    out; say so when you report them).
     """
     info = dataset_info(name)
     folder = dataset_dir(name, data_dir)
     train_x, train_y = _load_pair(folder, "train", name, download)
     test_x, test_y = _load_pair(folder, "test", name, download)
-    if len(train_x) <= VALIDATION_SIZE:
+    n_val = validation_size(len(train_x))
+    if n_val == 0:
         raise DataError(
-            f"{folder}: only {len(train_x)} training images; need more than {VALIDATION_SIZE}"
+            f"{folder}: only {len(train_x)} training images; need at least {VALIDATION_SHARE} "
+            "(a twelfth of them is held out for validation)"
         )
     tx, ty = torch.from_numpy(train_x.copy()), torch.from_numpy(train_y.astype(np.int64))
-    start = 0 if full_train else VALIDATION_SIZE
+    start = 0 if full_train else n_val
     return MNISTLike(
         name=name,
         classes=info.classes,
         train=Split("train", tx[start:].clone(), ty[start:].clone()),
-        val=Split("val", tx[:VALIDATION_SIZE].clone(), ty[:VALIDATION_SIZE].clone()),
+        val=Split("val", tx[:n_val].clone(), ty[:n_val].clone()),
         test=Split(
             "test", torch.from_numpy(test_x.copy()), torch.from_numpy(test_y.astype(np.int64))
         ),
