@@ -196,6 +196,13 @@ def test_resume_finds_moved_data_with_data_dir(tmp_path, reference):
     write_dataset(tmp_path / "c" / "mnist", n_train=5_080, n_test=16)
     with pytest.raises(ConfigError, match="same data"):
         resume(run, steps=10, data_dir=tmp_path / "c")
+    # A run of these very files made when small files held out 5,000 images (64 left to train
+    # on) is told so, not asked whether the data are the same.
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"].update(train=64, val=5_000)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="held out 5,000 of its 5,064 .* start a new run"):
+        resume(run, steps=10, data_dir=tmp_path / "b")
 
 
 @pytest.mark.parametrize("files", [["model.safetensors"], ["metrics.jsonl", "results.json"], ["x"]])

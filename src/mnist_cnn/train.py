@@ -32,7 +32,7 @@ from . import __version__, distributed, tblog
 from .adam import Optimizer
 from .batches import BatchSource
 from .checkpoint import CHECKPOINT_FILE, load_training_state, save_training_state
-from .datasets import MNISTLike, load_dataset
+from .datasets import VALIDATION_SIZE, MNISTLike, load_dataset
 from .device import device_description, synchronize
 from .errors import CheckpointError, ConfigError, MnistCnnError
 from .evaluate import EvalResult
@@ -478,6 +478,17 @@ def _check_same_data(saved: dict[str, Any], data: MNISTLike, run: RunDir) -> Non
     before = saved.get("dataset") or {}
     now = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
     if any(k in before and before[k] != v for k, v in now.items()):
+        if (
+            before.get("test") == now["test"]
+            and before.get("val") == VALIDATION_SIZE != now["val"]
+            and before.get("train", 0) + before["val"] == now["train"] + now["val"]
+        ):  # the same files, split as before small training files kept a twelfth for validation
+            total = now["train"] + now["val"]
+            raise ConfigError(
+                f"{run} held out {VALIDATION_SIZE:,} of its {total:,} training images for "
+                f"validation; a file this small now holds out a twelfth ({now['val']}), so the "
+                "run cannot continue on the same split: start a new run"
+            )
         raise ConfigError(
             f"{run} was trained on {before.get('train')}/{before.get('val')}/{before.get('test')} "
             f"images; these data have {now['train']}/{now['val']}/{now['test']}: "
