@@ -1,0 +1,111 @@
+"""Choosing a device and measuring peak memory, on every machine.
+
+The CUDA and MPS choices are decided from what PyTorch reports (``torch.cuda.is_available()``,
+``torch.cuda.device_count()``, ``torch.backends.mps.is_available()``), so these tests state what
+it reports and check the decision: the same on a laptop, a GPU server and CI. The memory that
+CUDA's allocator reports is measured for real only on a GPU (``benchmarks/gpu_check.py``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_cnn import device as dev
+from mnist_cnn.distributed import Parallel
+from mnist_cnn.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+def _machine(monkeypatch, cuda: int = 0, mps: bool = False) -> None:
+    """Make PyTorch report ``cuda`` GPUs and MPS or not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "picked"), [(2, True, "cuda"), (0, True, "mps"), (0, False, "cpu")]
+)
+def test_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, picked):
+    _machine(monkeypatch, cuda=cuda, mps=mps)
+    assert dev.select_device("auto").type == picked
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("cuda", "PyTorch sees no CUDA GPU; use --device cpu"),
+        ("cuda:0", "PyTorch sees no CUDA GPU; use --device cpu"),
+        ("mps", "MPS is not available; use --device cpu"),
+        ("tpu", "unknown device 'tpu': choose one of auto, cpu, cuda, mps"),
+        ("auto:0", "unknown device 'auto:0'"),
+        ("cuda:x", "the part after ':' must be a device number"),
+        ("cuda:0001", "the part after ':' must be a device number"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_one_clear_error(monkeypatch, name, message):
+    _machine(monkeypatch)
+    with pytest.raises(ConfigError, match="^[^\n]*$") as err:
+        dev.select_device(name)
+    assert message in str(err.value)
+
+
+def test_a_gpu_number_must_be_one_pytorch_sees(monkeypatch):
+    _machine(monkeypatch, cuda=2)
+    assert dev.select_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="--device cuda:2: PyTorch sees 2 CUDA GPU"):
+        dev.select_device("cuda:2")
+
+
+def test_each_process_of_a_gpu_run_takes_its_own_gpu(monkeypatch):
+    """Under torchrun, process ``LOCAL_RANK`` of a machine trains on GPU ``LOCAL_RANK``; more
+    processes than GPUs, or MPS, are refused before anything runs."""
+    _machine(monkeypatch, cuda=2, mps=True)
+    assert Parallel(rank=3, world_size=4, local_rank=1).device() == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="process 2 on this machine needs GPU 2.*only 2 are"):
+        Parallel(rank=2, world_size=4, local_rank=2).device()
+    _machine(monkeypatch, cuda=0, mps=True)
+    with pytest.raises(ConfigError, match="runs on CUDA or the CPU, not mps: use --device cpu"):
+        Parallel(rank=0, world_size=2).device()
+    assert Parallel(rank=0, world_size=2).device("cpu") == torch.device("cpu")
+    assert Parallel().device() == torch.device("mps")  # one process may use MPS
+    assert Parallel().broadcast_int(7) == 7  # one process: nothing to receive
+
+
+def _grow_resident_set(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory, hold it a moment, free it."""
+    block = np.ones(nbytes, dtype=np.uint8)
+    time.sleep(0.05)  # long enough for the sampling thread (every 5 ms) to see it
+    del block
+
+
+@pytest.mark.parametrize("clear_refs", [True, False], ids=["peak mark", "sampled"])
+def test_peak_memory_sees_a_block_that_was_freed_again(monkeypatch, clear_refs):
+    """The kernel's peak mark where it can be reset; else a thread that samples the resident
+    set (fails if the fallback never starts its sampler or reads the wrong field)."""
+    if not clear_refs:
+        monkeypatch.setattr(dev, "_reset_peak_rss", lambda: False)
+    with dev.measure_peak_memory(torch.device("cpu")) as quiet:
+        pass
+    with dev.measure_peak_memory(torch.device("cpu")) as busy:
+        _grow_resident_set(64 * MIB)
+    assert busy.peak_rss_growth >= 60 * MIB, busy.peak_rss_growth
+    assert quiet.peak_rss_growth < 16 * MIB, quiet.peak_rss_growth
+    assert busy.summary().startswith("peak resident memory growth 6")
+    assert busy.to_dict() == {"device": "cpu", "peak_rss_growth_bytes": busy.peak_rss_growth}
+
+
+def test_no_memory_figure_is_made_up_where_none_can_be_read(monkeypatch):
+    with dev.measure_peak_memory(torch.device("meta")) as other:
+        pass
+    monkeypatch.setattr(dev, "_status_kib", lambda name: None)  # no /proc/self/status
+    with dev.measure_peak_memory(torch.device("cpu")) as blind:
+        _grow_resident_set(MIB)
+    for result in (other, blind):
+        assert result.summary() == "peak memory not measured on this platform"
+        assert set(result.to_dict()) == {"device"}
