@@ -282,15 +282,21 @@ def _weights_at_init() -> torch.Tensor:
     return build_model().state_dict()["fc1.weight"]
 
 
-@pytest.mark.slow
-def test_a_batch_that_does_not_split_is_refused(small_root: Path, tmp_path: Path):
-    args = _train_args(small_root, tmp_path / "run", steps=2, dropout=0.0)
+def test_a_batch_that_does_not_split_is_refused_before_joining(tmp_path: Path, monkeypatch, capsys):
+    """Each process torchrun starts refuses a global batch that does not split among them, in
+    one line, before it waits for the others and before the run folder exists. (No launcher
+    runs here: a process that tried to join would fail with another message.)"""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    args = _train_args(tmp_path / "data", tmp_path / "run", steps=2, dropout=0.0)
     args[args.index("--batch-size") + 1] = "51"
-    rc, out, err = _finish(_torchrun(args))
-    assert rc != 0
-    assert "mnist-cnn: error: --batch-size 51 is the global batch" in err
-    assert "Traceback" not in err.split("mnist-cnn: error:")[0]
-    assert not (tmp_path / "run" / "config.json").exists()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-cnn: error: --batch-size 51 is the global batch"), err
+    assert "try 50 or 52" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
 
 
 def _children(pid: int) -> list[int]:

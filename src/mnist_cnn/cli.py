@@ -11,10 +11,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import MnistCnnError
+
+if TYPE_CHECKING:  # the command line starts without torch; a command imports what it runs
+    from .train import TrainConfig
 
 PROG = "mnist-cnn"
 
@@ -214,17 +217,50 @@ def _format_log(rec: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import process_group
+    from .distributed import Parallel, launched_world_size, process_group
 
+    # Settings that cannot work are refused by each process before it waits for the others;
+    # the run folder is checked once they have joined.
+    if args.resume:
+        _refuse_flags_with_resume(args)
+        config = None
+    else:
+        config = _train_config(args)
+        Parallel(world_size=launched_world_size()).check_batch(config.batch_size)
     # Under torchrun every process runs this command; only rank 0 prints.
     with process_group(args.dist_timeout) as par:
-        return _train(args, main_process=par.is_main)
+        return _train(args, config, main_process=par.is_main)
 
 
-def _train(args: argparse.Namespace, main_process: bool) -> int:
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from .train import preset_config
+
+    return preset_config(
+        args.preset,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dropout=args.dropout,
+        seed=args.seed,
+        device=args.device,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        eval_batch_size=args.eval_batch_size,
+        full_train=args.full_train,
+        tensorboard=args.tensorboard,
+        precision=args.precision,
+        fast=args.fast,
+        schedule=args.schedule,
+        shift=args.shift,
+    )
+
+
+def _train(args: argparse.Namespace, config: TrainConfig | None, main_process: bool) -> int:
     from tqdm import tqdm
 
-    from .train import preset_config, resume, train
+    from .train import resume, train
 
     progress = main_process and sys.stderr.isatty()
 
@@ -232,32 +268,11 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
         tqdm.write(_format_log(rec), file=sys.stdout)
         sys.stdout.flush()
 
-    if args.resume:
-        _refuse_flags_with_resume(args)
+    if config is None:
         result = resume(
             args.resume, steps=args.steps, data_dir=args.data_dir, on_log=on_log, progress=progress
         )
     else:
-        config = preset_config(
-            args.preset,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            dropout=args.dropout,
-            seed=args.seed,
-            device=args.device,
-            log_every=args.log_every,
-            checkpoint_every=args.checkpoint_every,
-            eval_batch_size=args.eval_batch_size,
-            full_train=args.full_train,
-            tensorboard=args.tensorboard,
-            precision=args.precision,
-            fast=args.fast,
-            schedule=args.schedule,
-            shift=args.shift,
-        )
         result = train(config, args.out, on_log=on_log, progress=progress)
     if not main_process:
         return 0
