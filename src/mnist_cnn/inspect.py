@@ -398,13 +398,15 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
     ax_loss, ax_acc, ax_err = fig.subplots(1, 3)
     marker = "o" if len(records) <= 40 else None
     ax_loss.plot(steps, loss, marker=marker, ms=3, color="C3")
-    ax_loss.set_title("training loss (mean since the last log)", fontsize=10)
+    # Titles at matplotlib's default height, given (y=1.0): nothing sits above these axes, and a
+    # title left to place itself searches for room on every draw (a tenth of the drawing time).
+    ax_loss.set_title("training loss (mean since the last log)", fontsize=10, y=1.0)
     if np.nanmin(loss, initial=np.inf) > 0:
         ax_loss.set_yscale("log")
     ax_acc.plot(steps, train_acc, marker=marker, ms=3, lw=1, color="C0", label="training (1 batch)")
     ax_acc.plot(steps, val_acc, marker=marker, ms=3, color="C1", label="validation")
     ax_acc.set_ylim(0, 1.005)
-    ax_acc.set_title("accuracy", fontsize=10)
+    ax_acc.set_title("accuracy", fontsize=10, y=1.0)
     ax_acc.legend(loc="lower right", fontsize=8)
     err = 1.0 - val_acc
     ok = np.isfinite(err) & (err > 0)
@@ -421,7 +423,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], *, title: str = "") 
             fontsize=8,
             color="C1",
         )
-    ax_err.set_title("validation error, % (log scale)", fontsize=10)
+    ax_err.set_title("validation error, % (log scale)", fontsize=10, y=1.0)
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3×10⁻¹
