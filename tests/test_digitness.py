@@ -2,7 +2,7 @@
 that are no digits, its file in the run folder, and where people meet it (predict, evaluate
 --ood, the model card).
 
-Cheap by design: most tests calibrate on the 40-step ``tiny_run`` and its generated data (917
+Cheap by design: most tests calibrate on the 20-step ``tiny_run`` and its generated data (917
 training and 83 validation images); the one on real digits (slow tier) reads the check that
 conftest stores in the shared 600-step run (calibrated on 4,000 MNIST digits).
 docs/inspect.md has the full-size rates from benchmarks/digitness.py."""
