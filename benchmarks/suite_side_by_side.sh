@@ -23,17 +23,24 @@ for dir in "$old" "$here"; do
   (cd "$dir" && PYTHONPATH="$dir/src" "$python" -m pytest --collect-only -q >/dev/null 2>&1) || true
 done
 declare -A total=([old]=0 [new]=0)
+log=$(mktemp)  # each run's pytest output: on a failure, which tests failed
 for ((i = 1; i <= rounds; i++)); do
   for side in old new; do
     dir=$here; [ "$side" = old ] && dir=$old
     start=$(date +%s.%N)
-    (cd "$dir" && PYTHONPATH="$dir/src" "$python" -m pytest "${xdist[@]}" "$@" >/dev/null 2>&1) \
-      || { echo "suite_side_by_side: the suite failed on the $side side; run pytest there" >&2; exit 1; }
+    (cd "$dir" && PYTHONPATH="$dir/src" "$python" -m pytest "${xdist[@]}" "$@" >"$log" 2>&1) \
+      || {
+        echo "suite_side_by_side: the suite failed on the $side side (round $i):" >&2
+        { grep -E '^(FAILED|ERROR)' "$log" | tail -n 8 || true; tail -n 1 "$log"; } >&2
+        rm -f "$log"
+        exit 1
+      }
     secs=$(echo "$(date +%s.%N) - $start" | bc)
     total[$side]=$(echo "${total[$side]} + $secs" | bc)
     printf '%s round %d: %.1f s\n' "$side" "$i" "$secs"
   done
 done
+rm -f "$log"
 printf 'mean old %.1f s, new %.1f s, new/old %.2f\n' \
   "$(echo "${total[old]} / $rounds" | bc -l)" "$(echo "${total[new]} / $rounds" | bc -l)" \
   "$(echo "${total[new]} / ${total[old]}" | bc -l)"
