@@ -48,10 +48,17 @@ class ApiTraffic:
             self.last = time.monotonic()
 
     def settle(self, quiet_ms: int = 400, timeout_s: float = 20.0) -> None:
-        """Wait until no request is open and none began or ended for ``quiet_ms``: the
-        drawing's last update (its debounced request, or one queued behind an answer) is done."""
+        """Wait until the drawing's last update (its debounced request, or one queued behind an
+        answer) is done: no request open, none began or ended for ``quiet_ms``, and the page
+        has none queued or timed. (The network alone does not tell: a loaded machine can take
+        longer than ``quiet_ms`` to draw an answer before it sends the request queued behind it.)
+        """
         deadline = time.monotonic() + timeout_s
-        while self.open or time.monotonic() - self.last < quiet_ms / 1000:
+        while (
+            self.open
+            or time.monotonic() - self.last < quiet_ms / 1000
+            or not self.page.evaluate("window.mnistCnnIdle()")
+        ):
             assert time.monotonic() < deadline, "the page kept asking the server"
             self.page.wait_for_timeout(50)
 

@@ -222,12 +222,22 @@ const backend = window.MNIST_CNN_MODEL
 // Milliseconds from asking the backend about the pad to the answer drawn (bars and maps), newest
 // last: what the page costs per update (read by the tests and benchmarks/web_page.py).
 const updateTimes = (window.mnistCnnUpdateTimes = []);
+// True when the page has nothing to ask: no request out, none queued behind one, none timed.
+window.mnistCnnIdle = () => !inFlight && !pending && timer === null;
 
 // ------------------------------------------------------------------ asking the backend
 
-function schedule(delay = DEBOUNCE_MS) {
+function cancelScheduled() {
   clearTimeout(timer);
-  timer = setTimeout(predictDrawing, delay);
+  timer = null;
+}
+
+function schedule(delay = DEBOUNCE_MS) {
+  cancelScheduled();
+  timer = setTimeout(() => {
+    timer = null;
+    predictDrawing();
+  }, delay);
 }
 
 async function predictDrawing() {
@@ -254,7 +264,7 @@ async function predictDrawing() {
 }
 
 async function randomTestDigit(index = null) {
-  clearTimeout(timer);
+  cancelScheduled();
   pending = false;
   try {
     const body = await backend.randomTestDigit({ ...(index === null ? {} : { index }), ...explainParams() });
@@ -272,7 +282,7 @@ async function randomTestDigit(index = null) {
 }
 
 $("clear").addEventListener("click", () => {
-  clearTimeout(timer);
+  cancelScheduled();
   pending = false;
   mode = "draw";
   clearPad();
