@@ -147,8 +147,11 @@ def step_flops(config: ModelConfig, batch: int) -> float:
     return 2.0 * batch * (forward + backward)
 
 
-def matmul_rate(device: torch.device, precision: str, *, size: int = 0) -> MatmulRate:
-    """GFLOP/s of square matrix products at ``precision`` (2,048² on a CPU, 8,192² on a GPU)."""
+def matmul_rate(
+    device: torch.device, precision: str, *, size: int = 0, min_seconds: float = 0.5
+) -> MatmulRate:
+    """GFLOP/s of square matrix products at ``precision`` (2,048² on a CPU, 8,192² on a GPU),
+    timed over at least ``min_seconds`` and 3 products."""
     size = size or (DEFAULT_MATMUL_SIZE if device.type == "cpu" else 8192)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     gen = torch.Generator().manual_seed(0)
@@ -157,7 +160,7 @@ def matmul_rate(device: torch.device, precision: str, *, size: int = 0) -> Matmu
     for _ in range(2):  # warm-up: the library picks its kernel
         a @ b
     reps, seconds = 0, 0.0
-    while seconds < 0.5 or reps < 3:  # long enough for a steady figure
+    while seconds < min_seconds or reps < 3:  # long enough for a steady figure
         synchronize(device)
         t0 = time.perf_counter()
         a @ b
@@ -406,6 +409,7 @@ def bench(
     precision: str = "auto",
     model_config: ModelConfig | None = None,
     matmul_size: int = 0,
+    matmul_seconds: float = 0.5,
     **kw,
 ) -> BenchReport:
     """``mnist-cnn bench``: equivalence first, then the timed loops, then the machine's rate.
@@ -426,7 +430,7 @@ def bench(
         model_config=model_config,
         **kw,
     )
-    rate = matmul_rate(dev, plan.precision, size=matmul_size)
+    rate = matmul_rate(dev, plan.precision, size=matmul_size, min_seconds=matmul_seconds)
     return BenchReport(plan, rows, equivalence, rate, batch_size)
 
 
