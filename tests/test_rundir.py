@@ -63,7 +63,7 @@ def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
 def reference(tmp_path_factory) -> Path:
     """The tiny run, never interrupted."""
     run = tmp_path_factory.mktemp("ref") / "run"
-    train(tiny_config(), run, data=DATA)
+    train(tiny_config(), run, data=DATA, curves=False)
     return run
 
 
@@ -72,13 +72,13 @@ def test_states_and_resume_from_each_dead_end_match_an_uninterrupted_run(tmp_pat
     assert RunDir(run).state() is RunState.NEW
     # Stopped before the first checkpoint (step 2): config.json, no checkpoint.
     with pytest.raises(Stop):
-        train(tiny_config(), run, data=DATA, on_log=_stop_at(0))
+        train(tiny_config(), run, data=DATA, on_log=_stop_at(0), curves=False)
     assert RunDir(run).state() is RunState.STARTED
     with pytest.raises(ConfigError, match="--resume"):
-        train(tiny_config(), run, data=DATA)
+        train(tiny_config(), run, data=DATA, curves=False)
     # Resumed, it starts again at step 0 with the same settings; stopped after checkpoint 2.
     with pytest.raises(Stop):
-        resume(run, data=DATA, on_log=_stop_at(4))
+        resume(run, data=DATA, on_log=_stop_at(4), curves=False)
     assert RunDir(run).state() is RunState.CHECKPOINTED
     assert [r["step"] for r in _records(run)] == [0, 2, 4]  # 4 was logged, not checkpointed
     assert json.loads(load_file_meta(run / "checkpoint.safetensors"))["step"] == 2
@@ -91,7 +91,7 @@ def test_states_and_resume_from_each_dead_end_match_an_uninterrupted_run(tmp_pat
         p.write_bytes(b"half")
     (run / "notes.tmp").write_text("not ours")
     assert RunDir(run).state() is RunState.CHECKPOINTED  # temp files do not change the state
-    result = resume(run, data=DATA)
+    result = resume(run, data=DATA, curves=False)
     assert not any(p.exists() for p in stale) and (run / "notes.tmp").exists()
     assert RunDir(run).state() is RunState.FINISHED
     assert result.steps == 6
@@ -108,12 +108,12 @@ def test_states_and_resume_from_each_dead_end_match_an_uninterrupted_run(tmp_pat
 def test_time_carries_over_a_resume(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Stop):
-        train(tiny_config(), run, data=DATA, on_log=_stop_at(4))
+        train(tiny_config(), run, data=DATA, on_log=_stop_at(4), curves=False)
     meta = json.loads(load_file_meta(run / "checkpoint.safetensors"))
     # Pretend the first two steps took a minute: the resumed run must count that minute.
     meta["seconds"] = 60.0
     _rewrite_meta(run / "checkpoint.safetensors", meta)
-    result = resume(run, data=DATA)
+    result = resume(run, data=DATA, curves=False)
     assert 60.0 < result.seconds < 600
     assert all(r["seconds"] > 60 for r in _records(run) if r["step"] > 2)
 
@@ -135,18 +135,18 @@ def test_resume_of_a_finished_run_changes_nothing_and_says_how_to_extend(tmp_pat
     shutil.copytree(reference, run)
     before = _snapshot(run)
     with pytest.raises(RunFinished, match=r"finished .*--steps N, with N > 6"):
-        resume(run, data=DATA)
+        resume(run, data=DATA, curves=False)
     with pytest.raises(RunFinished):
-        resume(run, steps=4, data=DATA)
+        resume(run, steps=4, data=DATA, curves=False)
     assert _snapshot(run) == before
 
 
 def test_steps_extends_a_finished_run_like_a_longer_run(tmp_path, reference):
-    longer = train(tiny_config(steps=10), tmp_path / "longer", data=DATA)
+    longer = train(tiny_config(steps=10), tmp_path / "longer", data=DATA, curves=False)
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     before = json.loads((run / "results.json").read_text())["train_seconds"]
-    result = resume(run, steps=10, data=DATA)
+    result = resume(run, steps=10, data=DATA, curves=False)
     assert result.steps == 10 and result.seconds > before
     assert same_weights(weights(run), weights(longer.run_dir))
     assert [r["step"] for r in _records(run)] == [0, 2, 4, 6, 8, 10]
@@ -157,9 +157,9 @@ def test_steps_extends_a_finished_run_like_a_longer_run(tmp_path, reference):
 def test_steps_cannot_replan_a_onecycle_run(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Stop):
-        train(tiny_config(schedule="onecycle"), run, data=DATA, on_log=_stop_at(0))
+        train(tiny_config(schedule="onecycle"), run, data=DATA, on_log=_stop_at(0), curves=False)
     with pytest.raises(ConfigError, match="onecycle"):
-        resume(run, steps=8, data=DATA)
+        resume(run, steps=8, data=DATA, curves=False)
 
 
 def test_cli_resume_refuses_any_other_flag_naming_it(tmp_path, capsys, reference):
@@ -212,7 +212,7 @@ def test_out_over_files_that_are_not_a_run_is_refused_untouched(tmp_path, files)
     for name in files:
         (run / name).write_text("mine")
     with pytest.raises(ConfigError, match="not a run of mnist-cnn"):
-        train(tiny_config(), run, data=DATA)
+        train(tiny_config(), run, data=DATA, curves=False)
     assert sorted(p.name for p in run.iterdir()) == sorted(files)  # not even a lock file
     assert all((run / n).read_text() == "mine" for n in files)
 
@@ -221,12 +221,12 @@ def test_a_second_training_in_the_same_folder_is_refused(tmp_path, reference):
     run = tmp_path / "run"
     busy = pytest.raises(RunInUse, match=r"in use by another training \(process \d+\)")
     with RunDir(run).lock(), busy:
-        train(tiny_config(), run, data=DATA)
+        train(tiny_config(), run, data=DATA, curves=False)
     shutil.copytree(reference, tmp_path / "done")
     with RunDir(tmp_path / "done").lock(), pytest.raises(RunInUse):
-        resume(tmp_path / "done", steps=8, data=DATA)
+        resume(tmp_path / "done", steps=8, data=DATA, curves=False)
     with pytest.raises(Stop):  # released: the folder is usable again
-        train(tiny_config(), run, data=DATA, on_log=_stop_at(0))
+        train(tiny_config(), run, data=DATA, on_log=_stop_at(0), curves=False)
 
 
 def test_seeds_are_bounded_to_what_the_generators_take(tmp_path):
@@ -236,7 +236,7 @@ def test_seeds_are_bounded_to_what_the_generators_take(tmp_path):
     # The largest seed trains, shifts included (a second generator of seed * 1_000_003 + ...).
     config = tiny_config(seed=2**32 - 1, shift=1)
     with pytest.raises(Stop):
-        train(config, tmp_path / "run", data=DATA, on_log=_stop_at(2))
+        train(config, tmp_path / "run", data=DATA, on_log=_stop_at(2), curves=False)
     assert RunDir(tmp_path / "run").state() is RunState.STARTED
 
 
@@ -253,14 +253,14 @@ def test_a_damaged_config_json_is_refused_naming_the_file(tmp_path, reference, f
     config["train"][field] = value
     path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json"):
-        resume(run, data=DATA)
+        resume(run, data=DATA, curves=False)
 
 
 def test_a_diverging_run_stops_keeping_the_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     config = tiny_config(lr=1e30, steps=10, log_every=1, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match="checkpoint of step 1 is kept") as err:
-        train(config, run, data=DATA)
+        train(config, run, data=DATA, curves=False)
     assert "\n" not in str(err.value)
     assert load_model(run)[1]["step"] == 1  # the kept model loads: its weights are finite
     assert not (run / "results.json").exists()
@@ -298,7 +298,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_pa
     monkeypatch.setattr(checkpoint, "save_file", full_disk)
     run = tmp_path / "run"
     with pytest.raises(StorageError) as err:
-        train(tiny_config(), run, data=DATA)
+        train(tiny_config(), run, data=DATA, curves=False)
     assert str(err.value) == f"no space left on device writing {run / 'checkpoint.safetensors'}"
     assert json.loads(load_file_meta(run / "checkpoint.safetensors"))["step"] == 2
     assert not [p for p in run.iterdir() if ".tmp" in p.name]  # the partial file is gone
@@ -352,7 +352,7 @@ def test_a_bare_model_file_knows_its_dataset_and_classes(tmp_path):
     fashion = tiny_data("fashion-mnist")
     config = tiny_config(dataset="fashion-mnist", checkpoint_every=1)
     with pytest.raises(Stop):  # model.safetensors is written with each checkpoint
-        train(config, tmp_path / "run", data=fashion, on_log=_stop_at(2))
+        train(config, tmp_path / "run", data=fashion, on_log=_stop_at(2), curves=False)
     bare = tmp_path / "elsewhere" / "model.safetensors"
     bare.parent.mkdir()
     shutil.copy(tmp_path / "run" / "model.safetensors", bare)

@@ -55,14 +55,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(tiny_config(), root / "finished", data=data)
+        train(tiny_config(), root / "finished", data=data, curves=False)
 
         def stop(rec: dict) -> None:
             if rec["step"] == 4:
                 raise KeyboardInterrupt  # stands for a kill
 
         with pytest.raises(KeyboardInterrupt):
-            train(tiny_config(), root / "stopped", data=data, on_log=stop)
+            train(tiny_config(), root / "stopped", data=data, on_log=stop, curves=False)
     finally:
         torch.set_num_threads(threads)
     return {"finished": root / "finished", "stopped": root / "stopped"}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from mnist_cnn.batches import BatchSource
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import ModelConfig
-from mnist_cnn.train import preset_config, train
+from mnist_cnn.train import preset_config, resume, train
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -68,19 +68,19 @@ def test_same_seed_same_weights_on_cpu(tmp_path, tiny_data):
     config = preset_config(
         "seed", steps=15, seed=5, device="cpu", log_every=100, model=SMALL_SEED_NET
     )
-    a = train(config, tmp_path / "a", data=tiny_data)
-    b = train(config, tmp_path / "b", data=tiny_data)
+    a = train(config, tmp_path / "a", data=tiny_data, curves=False)
+    b = train(config, tmp_path / "b", data=tiny_data, curves=False)
     wa, wb = _weights(a.run_dir), _weights(b.run_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     other = dataclasses.replace(config, seed=6)
-    c = train(other, tmp_path / "c", data=tiny_data)
+    c = train(other, tmp_path / "c", data=tiny_data, curves=False)
     assert not torch.equal(wa["fc1.weight"], _weights(c.run_dir)["fc1.weight"])
 
 
 def test_the_last_step_is_always_logged(tmp_path, tiny_data):
     config = preset_config("seed", steps=7, seed=0, device="cpu", log_every=5, model=SMALL_SEED_NET)
     logs = []
-    train(config, tmp_path / "run", data=tiny_data, on_log=logs.append)
+    train(config, tmp_path / "run", data=tiny_data, on_log=logs.append, curves=False)
     assert [r["step"] for r in logs] == [0, 5, 7]
 
 
@@ -112,8 +112,9 @@ def test_plain_step_trains_like_the_fast_path(tmp_path, tiny_data):
     config = preset_config(
         "seed", steps=10, seed=4, device="cpu", log_every=5, precision="fp32", model=SMALL_SEED_NET
     )
-    plain = train(dataclasses.replace(config, fast=False), tmp_path / "plain", data=tiny_data)
-    quick = train(config, tmp_path / "fast", data=tiny_data)
+    plain_config = dataclasses.replace(config, fast=False)
+    plain = train(plain_config, tmp_path / "plain", data=tiny_data, curves=False)
+    quick = train(config, tmp_path / "fast", data=tiny_data, curves=False)
     saved = json.loads((tmp_path / "plain" / "config.json").read_text())
     assert saved["train"]["fast"] is False
     start = _weights_after(config, tmp_path, tiny_data)
@@ -133,15 +134,32 @@ def _weights_after(config, tmp_path, data) -> dict[str, torch.Tensor]:
     import dataclasses
 
     one = dataclasses.replace(config, steps=1)
-    return _weights(train(one, tmp_path / "one", data=data).run_dir)
+    return _weights(train(one, tmp_path / "one", data=data, curves=False).run_dir)
+
+
+def test_curves_can_be_left_out_and_a_stale_picture_goes(tmp_path, tiny_data):
+    """By default a run ends by drawing curves.png, and its card shows it. ``curves=False``
+    draws none; a resumed run then also loses the picture of its shorter self (which would show
+    a run that is not this one), and its card no longer points at it."""
+    config = preset_config("seed", steps=2, seed=0, device="cpu", model=SMALL_SEED_NET)
+    run = tmp_path / "run"
+    train(config, run, data=tiny_data)
+    assert (run / "curves.png").is_file() and "![Training curves" in (run / "README.md").read_text()
+    resume(run, steps=4, data=tiny_data, curves=False)
+    assert not (run / "curves.png").exists()
+    assert "![Training curves" not in (run / "README.md").read_text()
+    train(config, tmp_path / "none", data=tiny_data, curves=False)
+    assert not (tmp_path / "none" / "curves.png").exists()
+    resume(run, steps=6, data=tiny_data)
+    assert (run / "curves.png").is_file()
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
     config = preset_config("seed", steps=2, seed=0, device="cpu", model=SMALL_SEED_NET)
-    train(config, tmp_path / "run", data=tiny_data)
+    train(config, tmp_path / "run", data=tiny_data, curves=False)
     before = _weights(tmp_path / "run")
     with pytest.raises(ConfigError, match="--resume"):
-        train(config, tmp_path / "run", data=tiny_data)
+        train(config, tmp_path / "run", data=tiny_data, curves=False)
     after = _weights(tmp_path / "run")
     assert all(torch.equal(before[k], after[k]) for k in before)  # the old run is untouched
 

@@ -37,7 +37,7 @@ from .device import device_description, synchronize
 from .errors import CheckpointError, ConfigError, MnistCnnError
 from .evaluate import EvalResult
 from .model import ModelConfig, build_model, count_parameters
-from .rundir import CONFIG_FILE, MAX_SEED, RunDir, RunState, short
+from .rundir import CONFIG_FILE, CURVES_FILE, MAX_SEED, RunDir, RunState, short
 from .step import (
     PRECISIONS,
     SCHEDULES,
@@ -285,11 +285,14 @@ def train(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     data: MNISTLike | None = None,
+    curves: bool = True,
 ) -> TrainResult:
     """Train a new run into ``out_dir`` (default ``runs/<timestamp>``); returns its result.
 
     ``on_log`` receives each metrics record (also appended to ``metrics.jsonl``). ``data`` lets
-    a caller pass a dataset already in memory.
+    a caller pass a dataset already in memory. ``curves=False`` leaves out ``curves.png`` (a
+    quarter of a second of drawing: it counts for many short runs, as in a sweep or a test
+    suite); ``mnist_cnn.inspect.save_training_curves(run)`` draws it later.
     """
     par = distributed.current()
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
@@ -302,7 +305,15 @@ def train(
     with _locked(run, par):
         _on_main(par, lambda: _require_new(run))  # again, now that no one else can start it
         return _run(
-            config, run, device, plan, saved=None, on_log=on_log, progress=progress, data=data
+            config,
+            run,
+            device,
+            plan,
+            saved=None,
+            on_log=on_log,
+            progress=progress,
+            data=data,
+            curves=curves,
         )
 
 
@@ -314,11 +325,13 @@ def resume(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     data: MNISTLike | None = None,
+    curves: bool = True,
 ) -> TrainResult:
     """Continue a run from its last checkpoint, with the settings it was started with.
 
     ``steps`` larger than the run's extends it (a finished run too); ``data_dir`` points at its
     data when they moved. A run killed before its first checkpoint starts again at step 0.
+    ``curves`` as for :func:`train`.
     """
     par = distributed.current()
     run = RunDir(run_dir)
@@ -329,7 +342,15 @@ def resume(
     with _locked(run, par):
         saved, config = _resume_config(run, steps, data_dir)
         return _run(
-            config, run, device, plan, saved=saved, on_log=on_log, progress=progress, data=data
+            config,
+            run,
+            device,
+            plan,
+            saved=saved,
+            on_log=on_log,
+            progress=progress,
+            data=data,
+            curves=curves,
         )
 
 
@@ -506,6 +527,7 @@ def _run(
     on_log: Callable[[dict[str, Any]], None] | None,
     progress: bool,
     data: MNISTLike | None,
+    curves: bool = True,
 ) -> TrainResult:
     """Set up, loop, finish. ``saved``: the run's config.json when it is resumed, else None."""
     assert config.seed is not None  # set by train(); resume() reads it back
@@ -608,9 +630,13 @@ def _run(
     if par.is_main:
         run.write_results({"step": step, "train_seconds": seconds, "test": test.to_dict()})
         from .card import write_card
-        from .inspect import save_training_curves  # matplotlib is imported only when needed
 
-        save_training_curves(run.path)  # <run>/curves.png: loss and accuracy against step
+        if curves:
+            from .inspect import save_training_curves  # matplotlib is imported only when needed
+
+            save_training_curves(run.path)  # <run>/curves.png: loss and accuracy against step
+        else:  # a picture from before a resume would show a run that is not this one
+            (run.path / CURVES_FILE).unlink(missing_ok=True)
         write_card(run.path)  # <run>/README.md: the model card
     return TrainResult(run_dir=run.path, config=config, steps=step, seconds=seconds, test=test)
 
