@@ -32,19 +32,21 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_seed_recipe_300_steps_reaches_90_percent(tmp_path, mnist):
-    """The accuracy gate: the seed recipe learns real digits (on all 10,000 test images)."""
+    """The accuracy gate: the seed recipe learns real digits (on every second test image: 5,000
+    from both halves of the test set, whose first half is the easier)."""
     import dataclasses
 
     from mnist_cnn.datasets import Split
 
-    # Validation is logged 4 times; 1,000 images tell progress as well as 5,000.
+    # Validation is logged 4 times; 1,000 images tell progress as well as 5,000. The test pass
+    # over all 10,000 took 6 s of one thread; 5,000 tell 90% from less as well.
     val = Split("val", mnist.val.images[:1000], mnist.val.labels[:1000])
+    test = Split("test", mnist.test.images[::2], mnist.test.labels[::2])
     config = preset_config("seed", steps=300, seed=0, device="cpu", log_every=100)
     logs = []
-    result = train(
-        config, tmp_path / "run", data=dataclasses.replace(mnist, val=val), on_log=logs.append
-    )
-    assert result.test.accuracy >= 0.90, result.test.accuracy
+    data = dataclasses.replace(mnist, val=val, test=test)
+    result = train(config, tmp_path / "run", data=data, on_log=logs.append, curves=False)
+    assert result.test.accuracy >= 0.90 and result.test.total == 5_000, result.test
     assert [r["step"] for r in logs] == [0, 100, 200, 300]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["lr"] == 1e-4 and saved["train"]["batch_size"] == 50
