@@ -1,13 +1,16 @@
 """The seed network's fast step with and without bf16 weight copies, and the plain step, side by
-side in one run: what the copies save, as a ratio that background load falls on alike. Also the
-fast step with conv1 (one input channel) computed as an im2col matrix product: tried, and kept
-out of the step because it is slower (docs/speed.md).
+side in one run: what the copies save, as a ratio that background load falls on alike. Also two
+variants tried and kept out of the step (docs/speed.md): conv1 (one input channel) computed as
+an im2col matrix product, and the linear layers' weight gradients multiplied from a contiguous
+copy of the transposed output gradient.
 
     .venv/bin/python benchmarks/step_variants.py [--rounds 10] [--steps 10] [--threads N]
+        [--network seed|fast]
 
-Each round times ``--steps`` steps of each variant in turn on one fixed batch of 50 (no data
-feed: the steps alone), and prints the median per-step time and its ratio to the plain step.
-Needs a CPU with native bf16 (or ``MNIST_CNN_TEST_BF16=native``, slowly emulated).
+Each round times ``--steps`` steps of each variant in turn on one fixed batch (no data feed:
+the steps alone; 50 images for the seed network, 128 for the fast preset's, ``--network
+fast``), and prints the median per-step time and its ratio to the plain step. Needs a CPU with
+native bf16 (or ``MNIST_CNN_TEST_BF16=native``, slowly emulated).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from mnist_cnn.model import ModelConfig, build_model  # noqa: E402
 from mnist_cnn.step import build_step, make_optimizer, prepare_model, resolve_plan  # noqa: E402
+from mnist_cnn.train import preset_config  # noqa: E402
 
 
 class Im2colConv1(nn.Conv2d):
@@ -48,11 +52,41 @@ class Im2colConv1(nn.Conv2d):
         return out.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """``F.linear`` on bf16 tensors whose weight gradient is ``grad.t().contiguous() @ x``, the
+    product autograd computes from the transposed view ``grad.t()``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_b = grad.sum(0) if ctx.has_bias else None
+        return grad.mm(weight), grad.t().contiguous().mm(x), grad_b
+
+
+class ContiguousGradLinear(nn.Linear):
+    """nn.Linear through ``_ContiguousGrad`` under CPU autocast (its casts done as autocast
+    does them, so that their gradients are cast back)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype("cpu")
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return _ContiguousGrad.apply(x.to(dtype), self.weight.to(dtype), bias)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    parser.add_argument("--network", choices=["seed", "fast"], default="seed")
     args = parser.parse_args()
     if min(args.rounds, args.steps) < 1 or args.threads < 0:
         parser.error("--rounds and --steps must be at least 1, --threads at least 0")
@@ -67,17 +101,25 @@ def main() -> int:
         "plain step (fp32, NCHW, Adam)": resolve_plan(device, "fp32", plain=True),
         "fast bf16, autocast casts": dataclasses.replace(fast, bf16_weights=False),
         "fast bf16, bf16 weight copies": fast,
-        "… and conv1 as im2col matmul": fast,
+        "copies + contiguous linear grads": fast,
+        "copies + conv1 as im2col matmul": fast,
     }
+    config, batch = (
+        (ModelConfig(), 50) if args.network == "seed" else (preset_config("fast").model, 128)
+    )
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(50, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (50,), generator=gen)
+    x = torch.rand(batch, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (batch,), generator=gen)
     steps = {}
     for name, plan in variants.items():
         torch.manual_seed(0)
-        model = build_model(ModelConfig())
+        model = build_model(config)
         if "im2col" in name:
             model.conv1.__class__ = Im2colConv1  # same parameters, another forward
+        if "linear grads" in name:
+            for layer in model.modules():
+                if type(layer) is nn.Linear:
+                    layer.__class__ = ContiguousGradLinear
         model = prepare_model(model, plan)
         step = build_step(model, make_optimizer(model.parameters(), 1e-4, plan), plan)
         xb = x.contiguous(memory_format=torch.channels_last) if plan.channels_last else x
@@ -91,11 +133,14 @@ def main() -> int:
             for _ in range(args.steps):
                 step(xb, y)
             times[name].append((time.perf_counter() - t0) / args.steps)
-    print(f"{fast.summary()}; {args.rounds} rounds of {args.steps} steps, median per step")
+    print(
+        f"{args.network} network, batch {batch}, {fast.summary()}; "
+        f"{args.rounds} rounds of {args.steps} steps, median per step"
+    )
     base = statistics.median(times[next(iter(times))])
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:32s} {1e3 * med:7.1f} ms   {base / med:5.2f}× the plain step")
+        print(f"{name:33s} {1e3 * med:7.1f} ms   {base / med:5.2f}× the plain step")
     return 0
 
 
