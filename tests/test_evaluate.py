@@ -5,7 +5,7 @@ import torch
 from mnist_cnn.checkpoint import load_model
 from mnist_cnn.device import measure_peak_memory
 from mnist_cnn.evaluate import evaluate
-from mnist_cnn.model import DeepMNIST
+from mnist_cnn.model import DeepMNIST, ModelConfig
 
 
 def test_accuracy_is_identical_for_every_batch_size(tiny_run, tiny_root):
@@ -59,8 +59,11 @@ def test_peak_memory_sees_a_short_lived_allocation():
     assert "MiB" in memory.summary()
 
 
+SMALL = ModelConfig(conv1_channels=4, conv2_channels=8, hidden=16)  # where size is moot
+
+
 def test_evaluate_restores_training_mode():
-    model = DeepMNIST().train()
+    model = DeepMNIST(SMALL).train()
     evaluate(model, torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
     assert model.training
 
@@ -81,7 +84,7 @@ class _OOMAbove(torch.nn.Module):
 
 def test_out_of_memory_halves_the_batch_and_retries():
     torch.manual_seed(0)
-    inner = DeepMNIST()
+    inner = DeepMNIST(SMALL)
     images = torch.randint(0, 256, (400, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (400,))
     reference = evaluate(inner, images, labels, batch_size=400)
