@@ -92,6 +92,20 @@ def test_front_matter_values_and_settings_no_flag_sets() -> None:
     assert unflagged == [("warp", "2")] and "warp" not in command
 
 
+def test_a_setting_recorded_before_it_existed_is_reproduced_as_its_old_default() -> None:
+    """A fast run from before label smoothing: config.json lacks the setting, the run trained
+    without it (TrainConfig's default), and the preset now smooths: the command must say 0."""
+    from mnist_cnn import card
+    from mnist_cnn.train import PRESETS
+
+    recorded = {k: v for k, v in PRESETS["fast"].to_dict().items() if k != "label_smoothing"}
+    command, unflagged = card.reproduce_command({**recorded, "seed": 3})
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert args.label_smoothing == 0.0 and args.preset == "fast" and unflagged == []
+    command, _ = card.reproduce_command({**PRESETS["fast"].to_dict(), "seed": 3})
+    assert "--label-smoothing" not in command  # recorded, and the preset's own
+
+
 def test_a_card_needs_a_run_folder(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a run folder"):
         build_card(tmp_path / "nowhere")

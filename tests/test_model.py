@@ -96,6 +96,21 @@ def test_loss_is_stable_where_the_seeds_formula_is_not():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("s", [0.1, 0.3])
+def test_label_smoothing_aims_at_the_smoothed_target(s: float) -> None:
+    """With smoothing s the loss is least (zero gradient) where the softmax is the target: the
+    true class 1 - s + s/10, every other s/10. Without it, those logits are still pushed apart
+    (the smoothing ignored, or mixed in with the wrong weight, fails here)."""
+    labels = torch.tensor([3, 7])
+    target = torch.full((2, 10), s / 10).scatter(1, labels[:, None], 1 - s + s / 10)
+    logits = target.log().clone().requires_grad_()
+    loss_fn(logits, labels, label_smoothing=s).backward()
+    assert logits.grad.abs().max() < 1e-6
+    logits.grad = None
+    loss_fn(logits, labels).backward()  # the seed's loss wants the true class's logit higher
+    assert (logits.grad[[0, 1], labels] < -0.01).all()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_forward_has_the_seed_orders_gradients_exactly(channels_last):
     """Training pools before its ReLUs and flattens channels-last maps by its own rule: the

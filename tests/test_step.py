@@ -16,7 +16,7 @@ import torch
 
 from mnist_cnn import step as st
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.model import DeepMNIST, FastCNN, ModelConfig
+from mnist_cnn.model import DeepMNIST, FastCNN, ModelConfig, loss_fn
 from mnist_cnn.train import PRESETS
 
 DEVICE = torch.device("cpu")
@@ -251,6 +251,26 @@ def test_graphed_step_logic_matches_plain_steps(cls: type, config: ModelConfig) 
         st.build_step(graphed, graphed_opt, plan, lr=lambda s: 0.1, graph_factory=factory)
 
 
+@pytest.mark.parametrize("path", ["plain", "fast", "graphed"])
+def test_every_step_computes_the_recipes_label_smoothing(path: str) -> None:
+    """The loss a step returns is the smoothed loss of the model it started from (fp32, 1e-6),
+    whichever way the step runs: a path that dropped the setting returns the plain
+    cross-entropy, thousands of times the tolerance away."""
+    model, _ = _twins(FastCNN, dataclasses.replace(SMALL_FAST_NET, dropout=0.0))
+    before = copy.deepcopy(model)
+    x, y = _batches(1, size=16)[0]
+    plan = st.resolve_plan(DEVICE, "fp32", plain=path == "plain")
+    model = st.prepare_model(model, plan)
+    optimizer = st.make_optimizer(model.parameters(), LR, plan)
+    factory = st.EagerGraph if path == "graphed" else None
+    step = st.build_step(model, optimizer, plan, graph_factory=factory, label_smoothing=0.3)
+    got = step(_layout([(x, y)], plan)[0][0], y).item()
+    logits = before(x)
+    expected = loss_fn(logits, y, label_smoothing=0.3).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert abs(expected - loss_fn(logits, y).item()) > 1e-2  # the check tells them apart
+
+
 def test_graphed_step_after_resume_keeps_optimizer_state() -> None:
     """Warm-up on a resumed optimizer restores its saved moments, not zeros (fp32, 1e-6)."""
     plain, graphed = _twins(FastCNN, SMALL_FAST_NET)
@@ -307,3 +327,10 @@ def test_fast_preset_config() -> None:
         dataclasses.replace(config, precision="fp8")
     with pytest.raises(ConfigError, match="shift"):
         dataclasses.replace(config, shift=9)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="label smoothing must lie in"):
+            dataclasses.replace(config, label_smoothing=bad)
+    with pytest.raises(ConfigError, match="label_smoothing must be float"):
+        type(config).from_dict({**config.to_dict(), "label_smoothing": "0.1"})
+    older = {k: v for k, v in config.to_dict().items() if k != "label_smoothing"}
+    assert type(config).from_dict(older).label_smoothing == 0.0  # as such runs were trained

@@ -156,6 +156,23 @@ def test_curves_can_be_left_out_and_a_stale_picture_goes(tmp_path, tiny_data):
     assert (run / "curves.png").is_file()
 
 
+def test_label_smoothing_reaches_the_loss_a_run_trains_on(tmp_path, tiny_data):
+    """The config's label smoothing is what train() steps with, and config.json records it
+    (a resume reads it back): three steps with and without it end on other weights. Three,
+    since Adam's first update is ±lr whatever the gradient's size."""
+    import dataclasses
+
+    config = preset_config("fast", steps=3, seed=0, device="cpu", log_every=100, batch_size=32)
+    assert config.label_smoothing > 0
+    smoothed = train(config, tmp_path / "s", data=tiny_data, curves=False)
+    plain_config = dataclasses.replace(config, label_smoothing=0.0)
+    plain = train(plain_config, tmp_path / "p", data=tiny_data, curves=False)
+    ws, wp = _weights(smoothed.run_dir), _weights(plain.run_dir)
+    assert any(not torch.equal(ws[k], wp[k]) for k in ws)
+    saved = json.loads((tmp_path / "s" / "config.json").read_text())["train"]
+    assert saved["label_smoothing"] == config.label_smoothing
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
     config = preset_config("seed", steps=2, seed=0, device="cpu", model=SMALL_SEED_NET)
     train(config, tmp_path / "run", data=tiny_data, curves=False)

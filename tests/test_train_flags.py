@@ -1,4 +1,5 @@
-"""`mnist-cnn train --schedule/--shift`: parsed, validated, and passed into the run's config."""
+"""`mnist-cnn train --schedule/--shift/--label-smoothing`: parsed, validated, and passed into the
+run's config."""
 
 from __future__ import annotations
 
@@ -31,14 +32,20 @@ def test_schedule_and_shift_reach_the_config(monkeypatch: pytest.MonkeyPatch) ->
     assert (config.preset, config.schedule, config.shift) == ("seed", "onecycle", 2)
 
 
-def test_presets_keep_their_own_schedule_and_shift(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_label_smoothing_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config_from(["--label-smoothing", "0.2"], monkeypatch).label_smoothing == 0.2
+
+
+def test_presets_keep_their_own_schedule_shift_and_smoothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     seed = _config_from([], monkeypatch)
-    assert (seed.schedule, seed.shift) == ("constant", 0)
+    assert (seed.schedule, seed.shift, seed.label_smoothing) == ("constant", 0, 0.0)
     fast = _config_from(["--preset", "fast"], monkeypatch)
-    assert (fast.schedule, fast.shift) == ("onecycle", 1)
-    argv = ["--preset", "fast", "--schedule", "constant", "--shift", "0"]
+    assert (fast.schedule, fast.shift) == ("onecycle", 1) and fast.label_smoothing > 0
+    argv = ["--preset", "fast", "--schedule", "constant", "--shift", "0", "--label-smoothing", "0"]
     plain = _config_from(argv, monkeypatch)
-    assert (plain.schedule, plain.shift) == ("constant", 0)
+    assert (plain.schedule, plain.shift, plain.label_smoothing) == ("constant", 0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +55,10 @@ def test_presets_keep_their_own_schedule_and_shift(monkeypatch: pytest.MonkeyPat
         (["--shift", "-1"], "argument --shift: must lie in 0-4, got -1"),
         (["--shift", "1.5"], "argument --shift: expected whole pixels, got '1.5'"),
         (["--schedule", "cosine"], "argument --schedule: invalid choice: 'cosine'"),
+        (["--label-smoothing", "1"], "argument --label-smoothing: must lie in [0, 1), got 1"),
+        (["--label-smoothing", "nan"], "argument --label-smoothing: must lie in [0, 1), got nan"),
+        (["--label-smoothing", "-0.1"], "argument --label-smoothing: must lie in [0, 1)"),
+        (["--label-smoothing", "lots"], "argument --label-smoothing: expected a number, got"),
     ],
 )
 def test_bad_values_are_one_line_usage_errors(
@@ -65,3 +76,12 @@ def test_help_states_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "constant (seed), or onecycle (fast:" in text
     assert "0-4 (seed: 0, fast: 1)" in text
+    smoothing = train_mod.PRESETS["fast"].label_smoothing
+    assert f"0 <= S < 1 (seed: 0, fast: {smoothing:g})" in text
+
+
+def test_resume_refuses_a_new_label_smoothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run continues with its own recipe: changing the loss half-way is refused."""
+    assert cli.main(["train", "--resume", "runs/x", "--label-smoothing", "0.1"]) != 0
+    err = capsys.readouterr().err
+    assert "--label-smoothing cannot be used with --resume" in err and "\n" not in err.strip()

@@ -89,11 +89,15 @@ def _yaml(value: Any, indent: int = 0) -> str:
 def reproduce_command(train: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     """``mnist-cnn train ...`` for a run's recorded settings, and those no flag can set."""
     from .cli import build_parser
-    from .train import PRESETS
+    from .train import PRESETS, TrainConfig
 
     preset = str(train.get("preset", "seed"))
     base = PRESETS[preset].to_dict() if preset in PRESETS else {}
-    flat = {k: v for k, v in train.items() if k != "model"}
+    # A setting the run's config.json lacks (recorded before the setting existed) had its
+    # default then, which a preset may since have changed (the fast preset's label smoothing).
+    defaults = {k: v for k, v in TrainConfig().to_dict().items() if v is not None}
+    missing = {k: v for k, v in defaults.items() if k not in train and k != "model"}
+    flat = {k: v for k, v in {**missing, **train}.items() if k != "model"}
     flat["dropout"] = (train.get("model") or {}).get("dropout")
     base_flat = {k: v for k, v in base.items() if k != "model"}
     base_flat["dropout"] = (base.get("model") or {}).get("dropout")

@@ -58,6 +58,16 @@ def _shift(text: str) -> int:
     return value
 
 
+def _label_smoothing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     from .datasets import DATASETS
 
@@ -139,6 +149,13 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
         metavar="PIXELS",
         help=f"move each training image by up to this many pixels, 0-{MAX_SHIFT} "
         "(seed: 0, fast: 1)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=_label_smoothing,
+        metavar="S",
+        help="give each class S/10 of the target and the true class 1-S more, 0 <= S < 1 "
+        "(seed: 0, fast: 0.1)",
     )
     p.add_argument(
         "--seed",
@@ -254,6 +271,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         fast=args.fast,
         schedule=args.schedule,
         shift=args.shift,
+        label_smoothing=args.label_smoothing,
     )
 
 

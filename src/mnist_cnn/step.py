@@ -310,17 +310,19 @@ def step_body(
     y: torch.Tensor,
     amp_dtype: torch.dtype | None,
     weights: LowPrecisionWeights | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """One optimisation step on a float batch; returns the (detached) loss. The only copy.
 
     ``weights``: the forward reads these low-precision copies of the conv and linear weights.
+    ``label_smoothing``: the recipe's (``loss_fn``).
     """
     # Gradients set to None, so backward writes them rather than adding to them (a CUDA graph
     # records that once, and it skips a pass of zero-filling).
     optimizer.zero_grad(set_to_none=True)
     with autocast(x.device.type, amp_dtype):
         logits = model(x) if weights is None else weights.forward(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y, label_smoothing)
     loss.backward()
     if weights is not None:
         weights.pass_gradients()
@@ -336,6 +338,7 @@ def make_step(
     lr: Callable[[int], float] | None = None,
     start_step: int = 0,
     weights: LowPrecisionWeights | None = None,
+    label_smoothing: float = 0.0,
 ) -> Step:
     """The eager step; ``lr(step)`` sets the learning rate before each step."""
     counter = [start_step]
@@ -346,7 +349,7 @@ def make_step(
             for group in optimizer.param_groups:
                 group["lr"] = value
         counter[0] += 1
-        return step_body(model, optimizer, x, y, amp_dtype, weights)
+        return step_body(model, optimizer, x, y, amp_dtype, weights, label_smoothing)
 
     return step
 
@@ -359,6 +362,7 @@ def build_step(
     lr: Callable[[int], float] | None = None,
     start_step: int = 0,
     graph_factory: Callable[[], Graph] | None = None,
+    label_smoothing: float = 0.0,
 ) -> Step:
     """The step a run uses, as its plan says: eager, or a CUDA graph captured on first use."""
     if plan.channels_last:
@@ -367,7 +371,11 @@ def build_step(
         if lr is not None:
             raise ConfigError("a CUDA graph replays a constant learning rate: no schedule")
         return LazyGraphedStep(
-            model, optimizer, amp_dtype=plan.autocast_dtype, graph_factory=graph_factory
+            model,
+            optimizer,
+            amp_dtype=plan.autocast_dtype,
+            graph_factory=graph_factory,
+            label_smoothing=label_smoothing,
         )
     weights = None
     if plan.bf16_weights and plan.autocast_dtype is not None:
@@ -379,6 +387,7 @@ def build_step(
         lr=lr,
         start_step=start_step,
         weights=weights,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -443,10 +452,12 @@ class GraphedStep:
         amp_dtype: torch.dtype | None = None,
         graph: Graph | None = None,
         warmup: int = 3,
+        label_smoothing: float = 0.0,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.amp_dtype = amp_dtype
+        self.label_smoothing = label_smoothing
         self.device = x.device
         self.static_x = x.detach().clone()
         self.static_y = y.detach().clone()
@@ -457,11 +468,21 @@ class GraphedStep:
         self.graph.capture(self._body)
 
     def _body(self) -> None:
-        loss = step_body(self.model, self.optimizer, self.static_x, self.static_y, self.amp_dtype)
+        loss = self._step()
         if self.static_loss is None:
             self.static_loss = loss
         else:  # eager stand-in: keep the same buffer, as a replayed graph does
             self.static_loss.copy_(loss)
+
+    def _step(self) -> torch.Tensor:
+        return step_body(
+            self.model,
+            self.optimizer,
+            self.static_x,
+            self.static_y,
+            self.amp_dtype,
+            label_smoothing=self.label_smoothing,
+        )
 
     def _warm_up(self, steps: int) -> None:
         saved = _Snapshot(self.model, self.optimizer, self.device)
@@ -471,7 +492,7 @@ class GraphedStep:
             stream.wait_stream(torch.cuda.current_stream())
         with ctx:
             for _ in range(steps):
-                step_body(self.model, self.optimizer, self.static_x, self.static_y, self.amp_dtype)
+                self._step()
         if stream is not None:
             torch.cuda.current_stream().wait_stream(stream)
         saved.restore()
@@ -534,17 +555,25 @@ class LazyGraphedStep:
         *,
         amp_dtype: torch.dtype | None = None,
         graph_factory: Callable[[], Graph] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.amp_dtype = amp_dtype
         self.graph_factory = graph_factory
+        self.label_smoothing = label_smoothing
         self.step: GraphedStep | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.step is None:
             graph = self.graph_factory() if self.graph_factory is not None else None
             self.step = GraphedStep(
-                self.model, self.optimizer, x, y, amp_dtype=self.amp_dtype, graph=graph
+                self.model,
+                self.optimizer,
+                x,
+                y,
+                amp_dtype=self.amp_dtype,
+                graph=graph,
+                label_smoothing=self.label_smoothing,
             )
         return self.step(x, y)

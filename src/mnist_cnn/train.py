@@ -76,6 +76,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast where the device computes it natively, else fp32
     schedule: str = "constant"  # learning rate: constant, or onecycle (warm-up, cosine down)
     shift: int = 0  # augmentation: move each training image by up to ±shift pixels
+    label_smoothing: float = 0.0  # of the loss's targets (model.loss_fn); the fast preset: 0.1
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -95,6 +96,10 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}")
         if not 0 <= self.shift <= MAX_SHIFT:
             raise ConfigError(f"shift must lie in 0..{MAX_SHIFT} pixels")
+        if not 0 <= self.label_smoothing < 1:  # NaN fails both comparisons
+            raise ConfigError(
+                f"label smoothing must lie in [0, 1), got {short(self.label_smoothing)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -159,9 +164,11 @@ PRESETS: dict[str, TrainConfig] = {
         preset="fast",
         steps=860,  # two epochs of the 55,000 training images
         batch_size=128,  # batch 64 validates 0.1% better but runs past 20 s (docs/speed.md)
-        lr=1e-2,  # the peak of the one-cycle schedule
+        lr=2e-2,  # the peak of the one-cycle schedule
         schedule="onecycle",
         shift=1,
+        # With lr 2e-2: +0.15% on validation over none (and 1e-2), at no cost (docs/speed.md).
+        label_smoothing=0.1,
         log_every=10_000,
         checkpoint_every=10_000,
         eval_batch_size=1000,
@@ -557,6 +564,7 @@ def _run(
         plan,
         lr=lr_schedule(config.schedule, config.steps, config.lr),
         start_step=start.step,
+        label_smoothing=config.label_smoothing,
     )
     batches = BatchSource(
         train_x,
