@@ -8,6 +8,8 @@ CUDA's allocator reports is measured for real only on a GPU (``benchmarks/gpu_ch
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from pathlib import Path
 
@@ -91,15 +93,25 @@ def test_peak_memory_sees_a_block_that_was_freed_again(monkeypatch, clear_refs):
     set (fails if the fallback never starts its sampler or reads the wrong field)."""
     if not clear_refs:
         monkeypatch.setattr(dev, "_reset_peak_rss", lambda: False)
-    with dev.measure_peak_memory(torch.device("cpu")) as quiet:
-        pass
-    with dev.measure_peak_memory(torch.device("cpu")) as busy:
-        _grow_resident_set(64 * MIB)
+    # The resident set is the whole process's: garbage that earlier tests in this worker left
+    # must not be freed inside a measured block (it would hide part of the block). Both cases
+    # failed once in a whole-suite run with the kernels held at AVX2 and passed in the next;
+    # the cause was not found, so a failure now names the threads that were running.
+    gc.collect()
+    gc.disable()
+    try:
+        with dev.measure_peak_memory(torch.device("cpu")) as quiet:
+            pass
+        with dev.measure_peak_memory(torch.device("cpu")) as busy:
+            _grow_resident_set(64 * MIB)
+    finally:
+        gc.enable()
     if not Path("/proc/self/status").is_file():  # not Linux: no resident set to read
         assert busy.summary() == "peak memory not measured on this platform"
         return
-    assert busy.peak_rss_growth >= 60 * MIB, busy.peak_rss_growth
-    assert quiet.peak_rss_growth < 16 * MIB, quiet.peak_rss_growth
+    threads = [t.name for t in threading.enumerate()]
+    assert busy.peak_rss_growth >= 60 * MIB, (busy.peak_rss_growth, threads)
+    assert quiet.peak_rss_growth < 16 * MIB, (quiet.peak_rss_growth, threads)
     assert busy.summary() == f"peak resident memory growth {busy.peak_rss_growth / MIB:.1f} MiB"
     assert busy.to_dict() == {"device": "cpu", "peak_rss_growth_bytes": busy.peak_rss_growth}
 
