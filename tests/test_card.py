@@ -92,6 +92,14 @@ def test_front_matter_values_and_settings_no_flag_sets() -> None:
     assert unflagged == [("warp", "2")] and "warp" not in command
 
 
+def test_a_fast_run_card_states_its_label_smoothing(tiny_fast_run: Path, tiny_run: Path) -> None:
+    """The card's training sentence names the smoothing a run trained with, and none for the
+    seed recipe (which has none)."""
+    smoothing = json.loads((tiny_fast_run / "config.json").read_text())["train"]["label_smoothing"]
+    assert smoothing > 0 and f"label smoothing {smoothing:g}" in build_card(tiny_fast_run)
+    assert "label smoothing" not in build_card(tiny_run)
+
+
 def test_a_setting_recorded_before_it_existed_is_reproduced_as_its_old_default() -> None:
     """A fast run from before label smoothing: config.json lacks the setting, the run trained
     without it (TrainConfig's default), and the preset now smooths: the command must say 0."""

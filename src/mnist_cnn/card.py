@@ -203,6 +203,9 @@ def build_card(run: str | os.PathLike[str]) -> str:
         f"{train.get('lr', '?')} ({train.get('schedule', 'constant')} schedule), seed "
         f"{train.get('seed', '?')}, precision {train.get('precision', '?')}"
     )
+    smoothing = train.get("label_smoothing")
+    if type(smoothing) in (int, float) and smoothing > 0:
+        training += f", label smoothing {smoothing:g}"
     if isinstance(seconds, (int, float)):
         training += f"; {seconds:.1f} s of training"
     training += "."
