@@ -1,7 +1,9 @@
 """`mnist-cnn train --schedule/--shift/--label-smoothing`: parsed, validated, and passed into the
-run's config."""
+run's config; `--no-curves` reaches the run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +87,22 @@ def test_resume_refuses_a_new_label_smoothing(capsys: pytest.CaptureFixture[str]
     assert cli.main(["train", "--resume", "runs/x", "--label-smoothing", "0.1"]) != 0
     err = capsys.readouterr().err
     assert "--label-smoothing cannot be used with --resume" in err and "\n" not in err.strip()
+
+
+def test_no_curves_leaves_the_picture_out_until_asked(
+    tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--no-curves` draws no curves.png, for a new run and a resumed one (whose old picture
+    goes: it showed a shorter run); `mnist-cnn plot RUN` draws it later, and a run without
+    the flag draws it. Fails if the flag is not passed to train() or to resume()."""
+    run = tmp_path / "run"
+    argv = ["train", "--data-dir", str(tiny_root), "--steps", "2", "--seed", "0"]
+    common = ["--device", "cpu", "--log-every", "100", "--checkpoint-every", "100"]
+    assert cli.main([*argv, *common, "--out", str(tmp_path / "drawn")]) == 0
+    assert (tmp_path / "drawn" / "curves.png").is_file()
+    assert cli.main([*argv, *common, "--no-curves", "--out", str(run)]) == 0
+    assert not (run / "curves.png").exists()
+    assert cli.main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
+    assert cli.main(["train", "--resume", str(run), "--steps", "3", "--no-curves"]) == 0
+    assert not (run / "curves.png").exists()
+    capsys.readouterr()

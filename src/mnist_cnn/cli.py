@@ -207,6 +207,13 @@ def _setup_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<timestamp>)")
     p.add_argument(
+        "--no-curves",
+        dest="curves",
+        action="store_false",
+        help="leave out RUN/curves.png (a quarter of a second of drawing at the end, and "
+        "matplotlib's start-up); 'mnist-cnn plot RUN' draws it later",
+    )
+    p.add_argument(
         "--resume",
         metavar="RUN",
         help="continue an interrupted run from its last checkpoint, with its own settings; "
@@ -288,10 +295,15 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, main_process: b
 
     if config is None:
         result = resume(
-            args.resume, steps=args.steps, data_dir=args.data_dir, on_log=on_log, progress=progress
+            args.resume,
+            steps=args.steps,
+            data_dir=args.data_dir,
+            on_log=on_log,
+            progress=progress,
+            curves=args.curves,
         )
     else:
-        result = train(config, args.out, on_log=on_log, progress=progress)
+        result = train(config, args.out, on_log=on_log, progress=progress, curves=args.curves)
     if not main_process:
         return 0
     print(f"test accuracy {result.test.accuracy:.4f} ({result.test.correct}/{result.test.total})")
@@ -299,8 +311,18 @@ def _train(args: argparse.Namespace, config: TrainConfig | None, main_process: b
     return 0
 
 
-# Flags --resume accepts: the run's own settings hold, except its length and its data's place.
-_RESUME_FLAGS = {"resume", "steps", "data_dir", "dist_timeout", "func", "command", "verbose"}
+# Flags --resume accepts: the run's own settings hold, except its length and its data's place
+# (and whether it ends by drawing its curves).
+_RESUME_FLAGS = {
+    "resume",
+    "steps",
+    "data_dir",
+    "dist_timeout",
+    "curves",
+    "func",
+    "command",
+    "verbose",
+}
 
 
 class _StoreGiven(argparse._StoreAction):
@@ -322,7 +344,8 @@ def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
             flag = "--plain-step" if dest == "fast" else "--" + dest.replace("_", "-")
             raise ConfigError(
                 f"{flag} cannot be used with --resume: a run continues with its own settings "
-                "(only --steps, to extend it, and --data-dir, for moved data, may be given)"
+                "(only --steps, to extend it, --data-dir, for moved data, and --no-curves may be "
+                "given)"
             )
 
 
