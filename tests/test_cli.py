@@ -55,7 +55,8 @@ def test_train_then_evaluate_end_to_end(tmp_path, tiny_root, capsys):
     assert lines[-2].startswith("test accuracy 0.") and lines[-2].endswith("/101)")
     assert lines[-1].startswith("trained 20 steps in ") and lines[-1].endswith(str(run))
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
-    for name in ("model.safetensors", "checkpoint.safetensors", "config.json", "metrics.jsonl"):
+    files = ("model.safetensors", "checkpoint.safetensors", "config.json", "metrics.jsonl")
+    for name in (*files, "curves.png"):  # the curves too, unless --no-curves
         assert (run / name).is_file(), name
     test_acc = lines[-2].split()[2]
 
