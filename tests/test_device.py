@@ -83,8 +83,14 @@ def test_each_process_of_a_gpu_run_takes_its_own_gpu(monkeypatch):
 def _grow_resident_set(nbytes: int) -> None:
     """Touch ``nbytes`` of fresh memory, hold it a moment, free it."""
     block = np.ones(nbytes, dtype=np.uint8)
-    time.sleep(0.05)  # long enough for the sampling thread (every 5 ms) to see it
+    time.sleep(0.2)  # the sampling thread (every 5 ms) sees it even on a busy machine
     del block
+
+
+# Pages of mapped files (the libraries) the kernel may take back at any moment, and does on
+# this VM while its memory is being reclaimed: an attempt during which it took more than this
+# is repeated, since the resident set then fell by more than the block's growth can show.
+RECLAIMED_KIB = 4 * 1024
 
 
 @pytest.mark.parametrize("clear_refs", [True, False], ids=["peak mark", "sampled"])
@@ -93,25 +99,33 @@ def test_peak_memory_sees_a_block_that_was_freed_again(monkeypatch, clear_refs):
     set (fails if the fallback never starts its sampler or reads the wrong field)."""
     if not clear_refs:
         monkeypatch.setattr(dev, "_reset_peak_rss", lambda: False)
-    # The resident set is the whole process's: garbage that earlier tests in this worker left
-    # must not be freed inside a measured block (it would hide part of the block). Both cases
-    # failed once in a whole-suite run with the kernels held at AVX2 and passed in the next;
-    # the cause was not found, so a failure now names the threads that were running.
-    gc.collect()
-    gc.disable()
-    try:
-        with dev.measure_peak_memory(torch.device("cpu")) as quiet:
-            pass
-        with dev.measure_peak_memory(torch.device("cpu")) as busy:
-            _grow_resident_set(64 * MIB)
-    finally:
-        gc.enable()
     if not Path("/proc/self/status").is_file():  # not Linux: no resident set to read
+        with dev.measure_peak_memory(torch.device("cpu")) as busy:
+            _grow_resident_set(MIB)
         assert busy.summary() == "peak memory not measured on this platform"
         return
-    threads = [t.name for t in threading.enumerate()]
-    assert busy.peak_rss_growth >= 60 * MIB, (busy.peak_rss_growth, threads)
-    assert quiet.peak_rss_growth < 16 * MIB, (quiet.peak_rss_growth, threads)
+    tries = []
+    for _ in range(3):
+        # The resident set is the whole process's: garbage that earlier tests in this worker
+        # left must not be freed inside a measured block (it would hide part of the block).
+        gc.collect()
+        gc.disable()
+        try:
+            file_before = dev._status_kib("RssFile")
+            with dev.measure_peak_memory(torch.device("cpu")) as quiet:
+                pass
+            with dev.measure_peak_memory(torch.device("cpu")) as busy:
+                _grow_resident_set(64 * MIB)
+            file_after = dev._status_kib("RssFile")
+        finally:
+            gc.enable()
+        reclaimed = (file_before or 0) - (file_after or 0)
+        tries.append((busy.peak_rss_growth, quiet.peak_rss_growth, reclaimed))
+        if reclaimed <= RECLAIMED_KIB:
+            break
+    why = (tries, [t.name for t in threading.enumerate()])  # (growth, quiet, KiB reclaimed)
+    assert busy.peak_rss_growth >= 60 * MIB, why
+    assert quiet.peak_rss_growth < 16 * MIB, why
     assert busy.summary() == f"peak resident memory growth {busy.peak_rss_growth / MIB:.1f} MiB"
     assert busy.to_dict() == {"device": "cpu", "peak_rss_growth_bytes": busy.peak_rss_growth}
 
