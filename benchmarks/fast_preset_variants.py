@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/fast_preset_variants.py [--conv3 64] [--pool3] [--seeds 0 1 2]
         [--lr 2e-2] [--batch-size 128] [--steps 860] [--label-smoothing 0.1] [--shift 1]
-        [--recompute-bn N]
+        [--recompute-bn N] [--beta2 0.999] [--weight-decay 0]
 
 Trains ``--preset fast`` (or, with ``--conv3 C``, the same network with a 3×3 conv of C channels,
 batch norm and ReLU after its second stage, at 7×7, or max-pooled to 3×3 with ``--pool3``) once
@@ -10,7 +10,8 @@ per seed, one thread, and prints each seed's validation and test accuracy and CP
 the means. Choose on validation; the test set is only reported. ``--conv3 0`` is the preset.
 ``--recompute-bn N`` also reports each trained network with its batch-norm statistics
 recomputed (a plain average with the final weights, not training's running one) over N
-training images drawn without the shift.
+training images drawn without the shift. ``--beta2`` and ``--weight-decay`` change Adam's
+second-moment decay and its (L2) weight decay, which the preset does not expose.
 MNIST from $MNIST_CNN_DATA. MNIST_CNN_DRY_RUN=1 checks the arguments only.
 """
 
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from mnist_cnn import model as model_module  # noqa: E402
+from mnist_cnn import train as train_module  # noqa: E402
 from mnist_cnn.datasets import default_data_root, load_dataset  # noqa: E402
 from mnist_cnn.errors import MnistCnnError  # noqa: E402
 from mnist_cnn.model import ModelConfig, flatten  # noqa: E402
@@ -71,6 +73,19 @@ def variant(conv3: int, pool3: bool) -> type[nn.Module]:
     return FastCNNConv3
 
 
+def adam_with(beta2: float, weight_decay: float):
+    """``make_optimizer`` for train(), with Adam's ``beta2`` and weight decay replaced (the
+    fused kernel or torch.optim's, as the plan says)."""
+    from mnist_cnn.adam import FusedAdam
+
+    def make(params, lr, plan, **_ignored):
+        if plan.fused_adam and plan.device_type == "cpu":
+            return FusedAdam(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
+
+    return make
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--conv3", type=int, default=64, help="third stage's channels (0: the preset)")
@@ -82,11 +97,15 @@ def main() -> int:
     p.add_argument("--label-smoothing", type=float, default=None)
     p.add_argument("--shift", type=int, default=None)
     p.add_argument("--recompute-bn", type=int, default=0, metavar="N")
+    p.add_argument("--beta2", type=float, default=0.999)
+    p.add_argument("--weight-decay", type=float, default=0.0)
     args = p.parse_args()
     if args.conv3 < 0:
         p.error("--conv3 must be 0 (the preset) or a number of channels")
     if args.recompute_bn < 0:
         p.error("--recompute-bn must be 0 (off) or a number of training images")
+    if not 0 <= args.beta2 < 1 or args.weight_decay < 0:
+        p.error("--beta2 must lie in [0, 1) and --weight-decay be 0 or more")
     name = f"conv3 {args.conv3}{' pooled' if args.pool3 else ''}" if args.conv3 else "the preset"
     if os.environ.get("MNIST_CNN_DRY_RUN"):
         print(f"would train {name} for seeds {args.seeds}")
@@ -110,6 +129,9 @@ def _train_all(args: argparse.Namespace, name: str) -> None:
         label_smoothing=args.label_smoothing,
         shift=args.shift,
     )
+    if (args.beta2, args.weight_decay) != (0.999, 0.0):
+        name += f", beta2 {args.beta2:g}, weight decay {args.weight_decay:g}"
+        train_module.make_optimizer = adam_with(args.beta2, args.weight_decay)
     if args.conv3:
         model_module.ARCHITECTURES[ARCH] = variant(args.conv3, args.pool3)
         base = dataclasses.replace(base, model=dataclasses.replace(base.model, arch=ARCH))
