@@ -615,7 +615,6 @@ for run in json.loads(sys.argv[1]):
         os.environ.update(environ)
         sys.path[:] = path
     codes.append([code, " | ".join(out.getvalue().strip().splitlines()[-3:])])
-sys.stdout = sys.__stdout__
 print(json.dumps(codes))
 """
 
@@ -639,8 +638,7 @@ def test_script_commands_run_as_shown_from_a_fresh_clone(tmp_path: Path) -> None
     failures = []
     # The Python scripts' runs in one process of the clone's interpreter, one after another
     # (each is mostly torch's import: once is enough); the rest all at once through bash.
-    scripts = {line: _python_run(line) for line in runs}
-    batch = {line: run for line, run in scripts.items() if run is not None}
+    batch = {line: run for line in runs if (run := _python_run(line)) is not None}
     procs = {line: _start(["bash", "-c", line], root, env) for line in runs if line not in batch}
     if batch:
         spec = json.dumps(list(batch.values()))
