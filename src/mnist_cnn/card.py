@@ -23,7 +23,7 @@ from markupsafe import Markup
 
 from . import rundir
 from .checkpoint import load_model, model_file
-from .digitness import VAL_FLAG_RATE, K, stored_scorer
+from .digitness import SHIFT, VAL_FLAG_RATE, K, stored_scorer
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 from .rundir import CONFIG_FILE, CURVES_FILE, RESULTS_FILE, RunDir, run_classes
@@ -129,6 +129,12 @@ def reproduce_command(train: dict[str, Any]) -> tuple[str, list[tuple[str, str]]
     return " ".join(shlex.quote(w) for w in words), unflagged
 
 
+def _ordinal(n: int) -> str:
+    """2nd, 3rd, 5th, 11th, 21st."""
+    last = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{last}"
+
+
 def build_card(run: str | os.PathLike[str]) -> str:
     """The model card of RUN (a run folder) as Markdown with YAML front matter."""
     folder = Path(run)
@@ -219,10 +225,12 @@ def build_card(run: str | os.PathLike[str]) -> str:
         ]
     template = environment().get_template("card.md.j2")
     scorer = stored_scorer(folder)
+    k, shift = (scorer.k, scorer.shift) if scorer else (K, SHIFT)
     digit_check = {
         "references": len(scorer.references) if scorer else None,
         "dims": int(scorer.references.shape[1]) if scorer else None,
-        "k": scorer.k if scorer else K,
+        "neighbour": "nearest neighbour" if k == 1 else f"{_ordinal(k)} nearest neighbour",
+        "shift": shift,
         "threshold": f"{scorer.threshold:.4f}" if scorer else None,
         "val_flag_rate": f"{100 * VAL_FLAG_RATE:g}%",
     }

@@ -3,14 +3,18 @@ this is a digit", calibrated without retraining.
 
 The score is the cosine similarity of the picture's ``fc1`` features to their ``K``-th nearest
 neighbour among the features of every training digit: a digit lands among digits; a letter, a
-scribble or a shoe lands far from all of them. To keep 55,000 references small and quick to
+scribble or a shoe lands far from all of them. The picture is scored as it is and moved by
+``SHIFT`` pixel each way, and the best of the five counts: a digit of an unseen hand placed a
+pixel off finds its neighbours that way, which lets the threshold sit higher, where more
+letters and symbols fall below it. To keep 55,000 references small and quick to
 search, the unit feature vectors are projected onto their ``DIMS`` leading directions (the top
 eigenvectors of the training features' uncentred second-moment matrix: centring would throw away
 the direction that tells blank paper from ink) and renormalised; 55,000 × 128 float16 is 14 MB,
 and searching them costs about a third of a picture's forward pass. Chosen by measurement over
 the maximum softmax probability, the energy (log-sum-exp of the logits), a class-conditional
-Gaussian (Mahalanobis distance), fewer references, other layers (pool2, pixels) and rank
-combinations with the energy; see docs/inspect.md.
+Gaussian (Mahalanobis distance), fewer references, other layers (pool2, pixels), rank
+combinations with the energy, references moved or distorted, and a head trained to tell
+digits from turned and mixed digits; see docs/inspect.md.
 
 The threshold is the ``VAL_FLAG_RATE`` quantile of the validation split's scores, so that about
 that share of real digits is flagged. All are stored in the run folder as
@@ -41,11 +45,15 @@ from .fileio import atomic_path
 log = logging.getLogger(__name__)
 
 DIGITNESS_FILE = "digitness.safetensors"
-FORMAT = "mnist-cnn-digitness-2"  # 1: 5,000 unprojected references, K = 10
+# 1: 5,000 unprojected references, K = 10; 2: all of them projected, K = 5, no shifts
+FORMAT = "mnist-cnn-digitness-3"
 REFERENCES: int | None = None  # training digits whose features are kept (None: all of them)
 DIMS = 128  # projected feature dimensions kept per reference
-K = 5  # the neighbour whose similarity is the score
-VAL_FLAG_RATE = 0.015  # share of validation digits flagged: ≤ 2% of unseen digits, with margin
+K = 1  # the neighbour whose similarity is the score
+SHIFT = 1  # the picture is also scored moved by this many pixels each way; the best counts
+MAX_SHIFT = 4  # a stored file asking for more is not ours (MNIST's digits have a 4 px margin)
+VAL_FLAG_RATE = 0.014  # share of validation digits flagged: ≤ 2% of unseen digits, with margin
+SCORE_IMAGES = 1_000  # pictures per scoring block: 5,000 fc1 rows of the seed network, 20 MB
 CHUNK = 500  # images per forward pass
 SCORE_CHUNK = 256  # pictures scored at once: a (256, 55,000) float32 similarity block is 56 MB
 MAX_REFERENCES = 100_000  # a stored file with more rows is not ours
@@ -61,6 +69,7 @@ class DigitScorer:
     threshold: float
     k: int = K
     projection: torch.Tensor | None = None  # (D, d) float32: fc1 width D -> d; None: d = D
+    shift: int = SHIFT  # pixels; 0: the picture as it is only
     _refs: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,12 +93,33 @@ class DigitScorer:
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
     def scores(self, model: nn.Module, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Scores (N,) for uint8 (N, 28, 28) images."""
-        return self.scores_of_features(features(model, images))
+        """Scores (N,) for uint8 (N, 28, 28) images: the best of the picture as it is and
+        moved by ``shift`` pixels left, right, up and down (a digit written a pixel off its
+        centre of mass still lands among digits; a letter rarely does)."""
+        images = torch.as_tensor(np.asarray(images))
+        out = []
+        for s in range(0, len(images), SCORE_IMAGES):
+            block = images[s : s + SCORE_IMAGES]
+            sc = self.scores_of_features(features(model, shifted_views(block, self.shift)))
+            out.append(sc.reshape(-1, len(block)).max(axis=0))  # (views, N): the best view
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where a score is below the threshold: probably not a digit."""
         return np.asarray(scores) < self.threshold
+
+
+def shifted_views(images: torch.Tensor, shift: int) -> torch.Tensor:
+    """(V * N, H, W): the N images as they are, then moved ``shift`` pixels right, left, down
+    and up (V = 5; V = 1 when ``shift`` is 0), the uncovered edge blank (0), view by view."""
+    if shift == 0:
+        return images
+    n, h, w = images.shape
+    pad = F.pad(images, (shift, shift, shift, shift))
+    views = [images]
+    for dy, dx in ((0, shift), (0, -shift), (shift, 0), (-shift, 0)):
+        views.append(pad[:, shift - dy : shift - dy + h, shift - dx : shift - dx + w])
+    return torch.cat(views)
 
 
 def features(model: nn.Module, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -127,21 +157,25 @@ def calibrate(
     references: int | None = REFERENCES,
     dims: int = DIMS,
     k: int = K,
+    shift: int = SHIFT,
 ) -> DigitScorer:
     """References from the first ``references`` training digits (None: all), projected onto
-    their ``dims`` leading directions; the threshold from the validation split."""
+    their ``dims`` leading directions; the threshold from the validation split, scored as
+    any picture is (with its shifted views)."""
     if not (references is None or references >= 1) or dims < 1 or k < 1:
         raise ConfigError(
             f"references, dims and k must be at least 1, got {references}, {dims}, {k}"
         )
+    if not 0 <= shift <= MAX_SHIFT:
+        raise ConfigError(f"shift must be 0 to {MAX_SHIFT} pixels, got {shift}")
     units = F.normalize(features(model, data.train.images[:references]), dim=1)
     if len(units) == 0 or len(data.val.images) == 0:
         raise DataError("cannot calibrate the not-a-digit check: no training or validation images")
     projection = leading_directions(units, dims)
     refs = F.normalize(units @ projection, dim=1).half()
-    partial = DigitScorer(refs, threshold=0.0, k=k, projection=projection)
-    val = partial.scores_of_features(features(model, data.val.images))
-    return DigitScorer(refs, float(np.quantile(val, VAL_FLAG_RATE)), k, projection)
+    partial = DigitScorer(refs, threshold=0.0, k=k, projection=projection, shift=shift)
+    val = partial.scores(model, data.val.images)
+    return DigitScorer(refs, float(np.quantile(val, VAL_FLAG_RATE)), k, projection, shift)
 
 
 def _model_digest(run: str | os.PathLike[str]) -> str:
@@ -155,6 +189,7 @@ def _store(path: Path, scorer: DigitScorer, digest: str) -> None:
         "format": FORMAT,
         "threshold": repr(scorer.threshold),
         "k": str(scorer.k),
+        "shift": str(scorer.shift),
         "references": str(len(scorer.references)),
         "val_flag_rate": repr(VAL_FLAG_RATE),
         "model_sha256": digest,
@@ -186,14 +221,14 @@ def _read(path: Path, digest: str) -> DigitScorer | None:
             if not (1 <= rows <= MAX_REFERENCES and 1 <= dims == out <= width <= MAX_FEATURES):
                 return None
             refs, projection = f.get_tensor("references"), f.get_tensor("projection")
-        threshold, k = float(meta["threshold"]), int(meta["k"])
+        threshold, k, shift = float(meta["threshold"]), int(meta["k"]), int(meta["shift"])
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
         return None  # damaged or not ours: calibrate afresh
     if refs.dtype != torch.float16 or projection.dtype != torch.float32:
         return None
-    if not np.isfinite(threshold) or not 1 <= k <= len(refs):
+    if not np.isfinite(threshold) or not 1 <= k <= len(refs) or not 0 <= shift <= MAX_SHIFT:
         return None
-    return DigitScorer(refs, threshold, k, projection)
+    return DigitScorer(refs, threshold, k, projection, shift)
 
 
 def _shape(f, name: str) -> tuple[int, int]:
