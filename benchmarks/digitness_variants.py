@@ -1,0 +1,130 @@
+"""Variants of the not-a-digit score, side by side on one run: which neighbour (k), how many
+shifted views of the picture, and fc1 fused with pool2.
+
+Each variant is shown at two thresholds: the share of validation digits the library flags
+(``--val-rates``, what a user gets), and, for a fair comparison, the threshold that flags
+``--test-rate`` of the MNIST test digits (never used to choose a threshold). Non-digit pictures
+come from ``tests/nondigits.py`` with ``--seeds`` (0 and 1: the design set; benchmarks/digitness.py
+reports seeds 2 and 3, held out).
+
+    .venv/bin/python benchmarks/digitness_variants.py RUN [--seeds 0 1] [-n 600] [--pool2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mnist_cnn import digitness as dg  # noqa: E402
+from mnist_cnn.checkpoint import load_model  # noqa: E402
+from mnist_cnn.datasets import load_dataset, to_float  # noqa: E402
+from mnist_cnn.photos import photo_like  # noqa: E402
+from mnist_cnn.preprocess import ImageError, preprocess_image  # noqa: E402
+from tests.nondigits import non_digit_pictures  # noqa: E402
+
+NINE = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+
+def moved(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    pad = F.pad(images, (1, 1, 1, 1))
+    return pad[:, 1 - dy : 29 - dy, 1 - dx : 29 - dx]
+
+
+def layer_features(model, images: torch.Tensor, layer: str) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(images), 1000):
+            _, acts = model(to_float(images[s : s + 1000]), return_activations=True)
+            out.append(acts[layer].float().reshape(len(acts[layer]), -1))
+    return torch.cat(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run")
+    p.add_argument("--data-dir")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("-n", type=int, default=600, help="non-digit pictures per seed (600)")
+    p.add_argument("--val-rates", type=float, nargs="+", default=[0.014, 0.015])
+    p.add_argument("--test-rate", type=float, default=0.019)
+    p.add_argument("--pool2", action="store_true", help="also fc1 fused with pool2")
+    args = p.parse_args()
+
+    model, _ = load_model(args.run)
+    model.eval()
+    data = load_dataset("mnist", args.data_dir, download=False)
+    rng = np.random.default_rng(0)
+    photos = [preprocess_image(photo_like(d.numpy(), rng)) for d in data.test.images[:600]]
+    others = []
+    for seed in args.seeds:
+        for _, picture in non_digit_pictures(args.n, seed=seed):
+            # Refused as blank: not scored here (benchmarks/digitness.py counts them).
+            with contextlib.suppress(ImageError):
+                others.append(preprocess_image(picture))
+    sets = {
+        "val": data.val.images,
+        "test": data.test.images,
+        "photo": torch.as_tensor(np.stack(photos)),
+        "non-digit": torch.as_tensor(np.stack(others)),
+    }
+    print(f"{args.run}: {len(others)} non-digit pictures (seeds {args.seeds}), 600 photo-like")
+
+    def neighbours(layer: str) -> dict[str, torch.Tensor]:
+        """Per set: (9 views, N, 5) similarities to the 5 nearest references."""
+        units = F.normalize(layer_features(model, data.train.images, layer), dim=1)
+        proj = dg.leading_directions(units, dg.DIMS if layer == "fc1" else 256)
+        refs = F.normalize(units @ proj, dim=1).half().float()
+        del units
+        out = {}
+        for name, images in sets.items():
+            views = []
+            for dy, dx in NINE:
+                q = F.normalize(layer_features(model, moved(images, dy, dx), layer) @ proj, dim=1)
+                views.append(torch.cat([(q[s : s + 256] @ refs.T).topk(5, dim=1).values
+                                        for s in range(0, len(q), 256)]))  # fmt: skip
+            out[name] = torch.stack(views)
+        return out
+
+    def show(label: str, sc: dict[str, np.ndarray]) -> None:
+        cells = []
+        for rate in args.val_rates:
+            t = np.quantile(sc["val"], rate)
+            cells.append(f"val {100 * rate:g}%: test {100 * (sc['test'] < t).mean():.2f}%, photo "
+                         f"{100 * (sc['photo'] < t).mean():.1f}%, "
+                         f"non-digits {100 * (sc['non-digit'] < t).mean():.1f}%")  # fmt: skip
+        t = np.quantile(sc["test"], args.test_rate)
+        cells.append(f"at test {100 * args.test_rate:g}%: "
+                     f"photo {100 * (sc['photo'] < t).mean():.1f}%, "
+                     f"non-digits {100 * (sc['non-digit'] < t).mean():.1f}%")  # fmt: skip
+        print(f"{label:28s} " + " | ".join(cells), flush=True)
+
+    fc1 = neighbours("fc1")
+    for k in (1, 3, 5):
+        for views in (1, 5, 9):
+            best = {n: v[:views, :, k - 1].max(0).values.numpy() for n, v in fc1.items()}
+            show(f"fc1 k={k}, {views} view(s)", best)
+    if args.pool2:
+        pool2 = neighbours("pool2")
+        show("pool2 k=1, 5 views", {n: v[:5, :, 0].max(0).values.numpy() for n, v in pool2.items()})
+
+        def ranks(nb: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+            sc = {n: v[:5, :, 0].max(0).values.numpy() for n, v in nb.items()}
+            val = np.sort(sc["val"])
+            return {n: (np.searchsorted(val, s, side="right") + 0.5) / (len(val) + 1)
+                    for n, s in sc.items()}  # fmt: skip
+
+        a, b = ranks(fc1), ranks(pool2)
+        show("fc1 + pool2 (log ranks)", {n: np.log(a[n]) + np.log(b[n]) for n in a})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
