@@ -119,6 +119,27 @@ def test_a_picture_scores_the_best_of_its_shifted_views(
     assert plain.scores(model, images[:0]).shape == (0,)
 
 
+def test_the_threshold_is_set_on_validation_scored_with_its_views(
+    model, tiny_data: MNISTLike, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32, 1e-6: at a share of one half, the threshold is the median of validation's
+    five-view scores, not of the pictures' own. The validation digits are moved 2 px off their
+    place here, so that their moved views score clearly higher than they do."""
+    import dataclasses
+
+    from mnist_cnn.datasets import Split
+
+    n = len(tiny_data.val.images)
+    off = dg.shifted_views(tiny_data.val.images, 2)[n : 2 * n]  # moved 2 px right
+    data = dataclasses.replace(tiny_data, val=Split("val", off, tiny_data.val.labels))
+    monkeypatch.setattr(dg, "VAL_FLAG_RATE", 0.5)
+    scorer = dg.calibrate(model, data, references=300)
+    plain = dg.DigitScorer(scorer.references, 0.0, scorer.k, scorer.projection, shift=0)
+    best, own = scorer.scores(model, off), plain.scores(model, off)
+    assert scorer.threshold == pytest.approx(float(np.median(best)), abs=1e-6)
+    assert float(np.median(own)) < scorer.threshold - 1e-3
+
+
 def test_calibration_flags_its_share_of_validation_and_finds_its_references(
     scorer: dg.DigitScorer, model, tiny_data: MNISTLike
 ) -> None:
