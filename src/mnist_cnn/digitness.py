@@ -1,12 +1,12 @@
 """How digit-like is a picture? A score from the trained network, and a threshold for "not sure
 this is a digit", calibrated without retraining.
 
-The score is the cosine similarity of the picture's ``fc1`` features to their ``K``-th nearest
-neighbour among the features of every training digit: a digit lands among digits; a letter, a
-scribble or a shoe lands far from all of them. The picture is scored as it is and moved by
-``SHIFT`` pixel each way, and the best of the five counts: a digit of an unseen hand placed a
-pixel off finds its neighbours that way, which lets the threshold sit higher, where more
-letters and symbols fall below it. To keep 55,000 references small and quick to
+The score is the cosine similarity of the picture's ``fc1`` features to their nearest neighbour
+(the ``K``-th nearest: K = 1) among the features of every training digit: a digit lands among
+digits; a letter, a scribble or a shoe lands far from all of them. The picture is scored as it
+is and moved by ``SHIFT`` pixel each way, and the best of the five counts: a digit of an unseen
+hand placed a pixel off finds its neighbours that way, which lets the threshold sit higher,
+where more letters and symbols fall below it. To keep 55,000 references small and quick to
 search, the unit feature vectors are projected onto their ``DIMS`` leading directions (the top
 eigenvectors of the training features' uncentred second-moment matrix: centring would throw away
 the direction that tells blank paper from ink) and renormalised; 55,000 × 128 float16 is 14 MB,
