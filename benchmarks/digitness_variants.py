@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mnist_cnn import digitness as dg  # noqa: E402
 from mnist_cnn.checkpoint import load_model  # noqa: E402
 from mnist_cnn.datasets import load_dataset, to_float  # noqa: E402
+from mnist_cnn.errors import MnistCnnError  # noqa: E402
 from mnist_cnn.photos import photo_like  # noqa: E402
 from mnist_cnn.preprocess import ImageError, preprocess_image  # noqa: E402
 from tests.nondigits import non_digit_pictures  # noqa: E402
@@ -57,10 +58,13 @@ def main() -> int:
     p.add_argument("--test-rate", type=float, default=0.019)
     p.add_argument("--pool2", action="store_true", help="also fc1 fused with pool2")
     args = p.parse_args()
-
-    model, _ = load_model(args.run)
+    try:
+        model, _ = load_model(args.run)
+        data = load_dataset("mnist", args.data_dir, download=False)
+    except MnistCnnError as err:  # no such run, a damaged model file, no MNIST: one line
+        print(f"digitness_variants: {err}", file=sys.stderr)
+        return 1
     model.eval()
-    data = load_dataset("mnist", args.data_dir, download=False)
     rng = np.random.default_rng(0)
     photos = [preprocess_image(photo_like(d.numpy(), rng)) for d in data.test.images[:600]]
     others = []

@@ -320,7 +320,7 @@ def test_rates_on_real_digits_and_non_digits(trained_run: Path, mnist) -> None:
     3,000 training and 1,000 validation digits; the real one uses all 55,000: docs/inspect.md
     gives its rates): at most 4% of 1,000 unseen test digits flagged, and at least 45% of 40
     generated non-digit pictures (letters, symbols, scribbles, shapes, paper) flagged or
-    refused as blank. It flags 1.8% and 60% of them; a broken score flags about 1.5% of
+    refused as blank. It flags 1.8% and 60% of them; a broken score flags about 1.4% of
     both, or everything."""
     model = load_model(trained_run)[0]
     scorer = dg.stored_scorer(trained_run)
