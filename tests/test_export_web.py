@@ -8,6 +8,7 @@ drawn with the mouse must be read. They fail (never skip) without Chromium and P
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,6 +65,15 @@ def fast_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def two_stage_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fast network without its third stage (conv3_channels 0), as runs made before it."""
+    path = tmp_path_factory.mktemp("web") / "two-stage.safetensors"
+    config = dataclasses.replace(FastCNN().config, conv3_channels=0)
+    save_model(path, _perturbed(FastCNN(config), 5))
+    return path
+
+
+@pytest.fixture(scope="module")
 def seed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("web") / "seed.safetensors"
     save_model(path, _perturbed(build_model(), 4))
@@ -109,7 +119,8 @@ def test_weights_round_trip_and_batch_norm_folds(fast_file: Path):
     data = base64.b64decode(obj["data"])
     model, _ = load_model(fast_file)
     expected = web_tensors(model)
-    assert set(obj["tensors"]) == set(expected) and facts.parameters == 207_098
+    assert set(obj["tensors"]) == set(expected) and facts.parameters == 426_362
+    assert {"conv3.weight", "bn_conv3.scale", "bn_conv3.shift"} <= set(expected)
     for name, spec in obj["tensors"].items():
         dtype = "<f2" if spec["dtype"] == "float16" else "<f4"
         n = int(np.prod(spec["shape"]))
@@ -173,12 +184,13 @@ def _page_logits(page, images: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.slow
 def test_page_network_gives_pytorch_logits(
-    browser, trained_run: Path, fast_file: Path, mnist, tmp_path: Path
+    browser, trained_run: Path, fast_file: Path, two_stage_file: Path, mnist, tmp_path: Path
 ):
     cases = [
         (trained_run, "fp32", LOGIT_TOLERANCE, N_SEED_IMAGES),
         (trained_run, "fp16", FP16_LOGIT_TOLERANCE, N_SEED_IMAGES),
-        (fast_file, "fp32", LOGIT_TOLERANCE, N_IMAGES),
+        (fast_file, "fp32", LOGIT_TOLERANCE, N_IMAGES),  # three conv stages
+        (two_stage_file, "fp32", LOGIT_TOLERANCE, N_SEED_IMAGES),
     ]
     for run, weights, tolerance, n in cases:
         images = mnist.test.images[:n]

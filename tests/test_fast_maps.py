@@ -3,6 +3,7 @@ in the features picture, the page's API and TensorBoard, checked pixel by pixel.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from mnist_cnn import inspect as insp
 from mnist_cnn import tblog
 from mnist_cnn.checkpoint import save_model
+from mnist_cnn.errors import ConfigError
 from mnist_cnn.model import FastCNN
 from mnist_cnn.serve import DigitSet, create_app, decode_maps
 
@@ -24,7 +26,7 @@ def fast_model() -> FastCNN:
     torch.manual_seed(0)
     model = FastCNN()
     with torch.no_grad():
-        for bn in (model.bn1, model.bn2, model.bn3):
+        for bn in (model.bn1, model.bn2, model.bn_conv3, model.bn3):
             n = bn.num_features
             bn.running_mean.uniform_(-0.3, 0.3)
             bn.running_var.uniform_(0.05, 0.5)
@@ -119,3 +121,23 @@ def test_served_maps_are_the_fast_maps(fast_model, two_digits, tmp_path: Path):
         span = (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2)))[:, None, None]
         assert np.all(np.abs(got - expected) <= span / 510 + 1e-6)  # the wire's uint8 step
         assert min(body["activations"][name]["min"]) >= 0  # the page's black is 0
+
+
+def test_the_third_stage_is_pictured_as_computed_and_refused_where_absent(
+    fast_model, two_digits
+) -> None:
+    """conv3's maps and kernels are the layer's own; a two-stage network has none to show."""
+    x = _x(two_digits)
+    with torch.inference_mode():
+        by_hand = F.relu(fast_model.bn_conv3(fast_model.conv3(fast_model(x, True)[1]["pool2"])))
+    maps = insp.feature_maps(fast_model, two_digits, "conv3")
+    assert maps.maps.shape == (2, 64, 7, 7) and maps.maps.min() >= 0
+    np.testing.assert_allclose(maps.maps, by_hand.numpy(), rtol=1e-6, atol=1e-6)  # float32
+    assert np.array_equal(insp.filters(fast_model, "conv3"), fast_model.conv3.weight.detach().numpy())
+    two_stage = FastCNN(dataclasses.replace(fast_model.config, conv3_channels=0)).eval()
+    for call in (
+        lambda: insp.feature_maps(two_stage, two_digits, "conv3"),
+        lambda: insp.filters(two_stage, "conv3"),
+    ):
+        with pytest.raises(ConfigError, match="has no conv3 layer: choose conv1 or conv2"):
+            call()

@@ -54,8 +54,10 @@ def test_fast_preset_trains_and_reloads(tmp_path: Path, tiny_data: MNISTLike) ->
     assert isinstance(model, FastCNN) and meta["model"]["arch"] == "fast-cnn"
     _, acts = model(tiny_data.test.images[:2].float().div(255), return_activations=True)
     c1, c2 = meta["model"]["conv1_channels"], meta["model"]["conv2_channels"]
+    c3 = meta["model"]["conv3_channels"]
     assert acts["conv1"].shape == (2, c1, 28, 28) and acts["conv2"].shape == (2, c2, 14, 14)
-    assert set(acts) == {"conv1", "pool1", "conv2", "pool2", "fc1", "logits"}
+    assert c3 == 64 and acts["conv3"].shape == (2, c3, 7, 7)
+    assert set(acts) == {"conv1", "pool1", "conv2", "pool2", "conv3", "fc1", "logits"}
 
 
 def test_fast_path_resume_is_exact_and_seed_repeats(tmp_path: Path, tiny_data: MNISTLike) -> None:

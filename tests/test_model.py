@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -150,3 +152,40 @@ def test_flatten_hands_a_channels_last_gradient_back_channels_last():
     assert torch.equal(h.grad, torch.arange(60.0).view(1, 3, 4, 5).expand(2, -1, -1, -1))
     plain = torch.rand(2, 3, 4, 5, requires_grad=True)
     assert flatten(plain).grad_fn.name() == "ViewBackward0"  # plain maps: plain flatten
+
+
+def test_fast_preset_has_a_third_stage_and_two_stage_files_still_load(tmp_path) -> None:
+    """The fast preset's network has conv3 (426,362 parameters); a file written before that
+    setting existed (no "conv3_channels" in its metadata, no conv3 tensors) loads as the
+    two-stage network it is and computes the same logits."""
+    from mnist_cnn.checkpoint import _write, load_model
+    from mnist_cnn.model import FastCNN
+    from mnist_cnn.train import FAST_MODEL
+
+    assert count_parameters(FastCNN(FAST_MODEL)) == 426_362
+    torch.manual_seed(0)
+    old = FastCNN(dataclasses.replace(FAST_MODEL, conv3_channels=0)).eval()
+    assert not hasattr(old, "conv3") and count_parameters(old) == 207_098
+    meta = old.config.to_dict()
+    del meta["conv3_channels"]  # as files were written before the setting
+    _write(tmp_path / "old.safetensors", old.state_dict(), {"model": meta})
+    loaded, _ = load_model(tmp_path / "old.safetensors")
+    x = torch.rand(3, 1, 28, 28)
+    assert loaded.config.conv3_channels == 0 and not hasattr(loaded, "conv3")
+    assert torch.equal(loaded(x), old(x))  # float32, exact: the same weights and layers
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arch": "deep-mnist", "conv3_channels": 8}, "conv3_channels is a fast-cnn setting"),
+        ({"arch": "fast-cnn", "conv3_channels": -1}, "must lie in 0..1024"),
+        ({"arch": "fast-cnn", "conv3_channels": 5000}, "must lie in 0..1024"),
+        ({"arch": "fast-cnn", "conv3_channels": 2.0}, "must be a whole number"),
+    ],
+)
+def test_a_bad_third_stage_is_refused(changes: dict, message: str) -> None:
+    from mnist_cnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict(changes)

@@ -46,7 +46,7 @@ NETWORKS = {
     "fast-cnn": (
         "small batch-normalised convolutional network (mnist-cnn's fast preset)",
         "Two {k}×{k} convolutions ({c1} and {c2} filters), each followed by 2×2 max-pooling, "
-        "batch normalisation and ReLU; a fully connected layer of {hidden} units with batch "
+        "batch normalisation and ReLU;{third} a fully connected layer of {hidden} units with batch "
         "normalisation and ReLU; a linear layer to the ten classes.",
     ),
 }
@@ -152,6 +152,10 @@ def build_card(run: str | os.PathLike[str]) -> str:
     description = description.format(
         c1=c.conv1_channels, c2=c.conv2_channels, k=c.kernel_size, hidden=c.hidden,
         dropout=c.dropout,
+        third=(
+            f" a third {c.kernel_size}×{c.kernel_size} convolution ({c.conv3_channels} filters) "
+            "with batch normalisation and ReLU, at 7×7;" if c.conv3_channels else ""
+        ),
     )  # fmt: skip
     test = results.get("test") if results else None
     if test is not None and not isinstance(test.get("accuracy"), (int, float)):

@@ -79,10 +79,16 @@ def web_tensors(model: nn.Module) -> dict[str, np.ndarray]:
         ]
         return {n: state[n].float().numpy() for n in names}
     if arch == "fast-cnn":
-        out = {n: state[n].float().numpy() for n in ("conv1.weight", "conv2.weight", "fc1.weight")}
+        stages = ("conv1", "conv2", "conv3") if model.config.conv3_channels else ("conv1", "conv2")
+        out = {f"{n}.weight": state[f"{n}.weight"].float().numpy() for n in (*stages, "fc1")}
         out["fc2.weight"] = state["fc2.weight"].float().numpy()
         out["fc2.bias"] = state["fc2.bias"].float().numpy()
-        for bn in ("bn1", "bn2", "bn3"):
+        norms = (
+            ("bn1", "bn2", "bn_conv3", "bn3")
+            if model.config.conv3_channels
+            else ("bn1", "bn2", "bn3")
+        )
+        for bn in norms:
             module = getattr(model, bn)
             scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + module.eps)
             shift = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale

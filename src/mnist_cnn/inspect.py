@@ -40,8 +40,9 @@ from .rundir import CURVES_FILE, METRICS_FILE, RunDir
 if TYPE_CHECKING:  # the drawing functions import matplotlib when they run (see plotting.py)
     from matplotlib.figure import Figure
 
-MAP_LAYERS = ("conv1", "pool1", "conv2", "pool2")  # activations that are stacks of 2-D maps
-FILTER_LAYERS = ("conv1", "conv2")
+# Activations that are stacks of 2-D maps; conv3 only in a network with a third stage.
+MAP_LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3")
+FILTER_LAYERS = ("conv1", "conv2", "conv3")
 SCALES = ("map", "shared")
 
 
@@ -119,6 +120,8 @@ def feature_maps(model: nn.Module, digits: Sequence[Digit], layer: str = "conv1"
             logits, acts = model(x.to(device), return_activations=True)
     finally:
         model.train(was_training)
+    if layer not in acts:
+        raise ConfigError(_no_layer(model, layer))
     return FeatureMaps(
         layer=layer,
         digits=tuple(digits),
@@ -254,7 +257,15 @@ def filters(model: nn.Module, layer: str = "conv1") -> np.ndarray:
     """A convolution's learned kernels as float32 (out_channels, in_channels, k, k)."""
     if layer not in FILTER_LAYERS:
         raise ConfigError(f"unknown layer {layer!r}: choose one of {', '.join(FILTER_LAYERS)}")
-    return getattr(model, layer).weight.detach().float().cpu().numpy().copy()
+    conv = getattr(model, layer, None)
+    if not isinstance(conv, nn.Conv2d):
+        raise ConfigError(_no_layer(model, layer))
+    return conv.weight.detach().float().cpu().numpy().copy()
+
+
+def _no_layer(model: nn.Module, layer: str) -> str:
+    arch = getattr(getattr(model, "config", None), "arch", "this")
+    return f"the {arch} network has no {layer} layer: choose conv1 or conv2"
 
 
 def filter_mosaic(weights: np.ndarray, gap: int = 1) -> np.ndarray:

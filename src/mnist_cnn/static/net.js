@@ -198,7 +198,7 @@
       const logits = linear(fc1, net.need("fc2.weight"), net.need("fc2.bias"));
       return { logits, conv1, conv2 };
     }
-    // fast-cnn: conv -> pool -> BN -> ReLU, twice; fc -> BN -> ReLU; fc. Its conv1/conv2 maps
+    // fast-cnn: conv -> pool -> BN -> ReLU, twice; [conv -> BN -> ReLU]; fc -> BN -> ReLU; fc. Its conv1/conv2 maps
     // are shown, as model.py reports them, through the same batch norm and ReLU (at the end).
     const conv1 = conv2d(x, 1, SIDE, SIDE, w1, null, c.conv1_channels, k);
     const pool1 = relu(
@@ -211,8 +211,17 @@
       affine(maxPool2(conv2, c.conv2_channels, h2, h2), c.conv2_channels,
         net.need("bn2.scale"), net.need("bn2.shift"))
     );
+    // A third stage (conv3_channels > 0): conv at 7×7 -> BN -> ReLU, read by fc1.
+    const c3 = c.conv3_channels || 0;
+    const h3 = h2 / 2;
+    const last = c3
+      ? relu(
+          affine(conv2d(pool2, c.conv2_channels, h3, h3, net.need("conv3.weight"), null, c3, k), c3,
+            net.need("bn_conv3.scale"), net.need("bn_conv3.shift"))
+        )
+      : pool2;
     const fc1 = relu(
-      affine(linear(pool2, net.need("fc1.weight"), null), c.hidden,
+      affine(linear(last, net.need("fc1.weight"), null), c.hidden,
         net.need("bn3.scale"), net.need("bn3.shift"))
     );
     const logits = linear(fc1, net.need("fc2.weight"), net.need("fc2.bias"));
