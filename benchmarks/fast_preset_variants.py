@@ -1,13 +1,15 @@
-"""The fast preset with a third conv stage, on the validation split: does depth pay for its time?
+"""The fast preset and its variants on the validation split: does a change pay for its time?
 
     .venv/bin/python benchmarks/fast_preset_variants.py [--conv3 64] [--pool3] [--seeds 0 1 2]
         [--lr 2e-2] [--batch-size 128] [--steps 860] [--label-smoothing 0.1] [--shift 1]
-        [--recompute-bn N] [--beta2 0.999] [--weight-decay 0]
+        [--recompute-bn N] [--beta2 0.999] [--weight-decay 0] [--channels C1 C2]
 
-Trains ``--preset fast`` (or, with ``--conv3 C``, the same network with a 3×3 conv of C channels,
-batch norm and ReLU after its second stage, at 7×7, or max-pooled to 3×3 with ``--pool3``) once
-per seed, one thread, and prints each seed's validation and test accuracy and CPU seconds, then
-the means. Choose on validation; the test set is only reported. ``--conv3 0`` is the preset.
+Trains ``--preset fast`` once per seed, one thread, with the settings given, and prints each
+seed's validation and test accuracy and CPU seconds, then the means. Choose on validation; the
+test set is only reported. ``--conv3 C`` sets the third conv stage's channels (3×3, batch norm
+and ReLU at 7×7; 64, the preset's, by default; ``--conv3 0``: no third stage, the preset before
+2026-11-30); with ``--pool3`` that stage is max-pooled to 3×3 (a network this script builds).
+``--channels C1 C2`` sets the first two stages' channels (16 and 32).
 ``--recompute-bn N`` also reports each trained network with its batch-norm statistics
 recomputed (a plain average with the final weights, not training's running one) over N
 training images drawn without the shift. ``--beta2`` and ``--weight-decay`` change Adam's
@@ -39,11 +41,12 @@ from mnist_cnn.errors import MnistCnnError  # noqa: E402
 from mnist_cnn.model import ModelConfig, flatten  # noqa: E402
 from mnist_cnn.train import preset_config, train  # noqa: E402
 
-ARCH = "fast-cnn-conv3"  # registered by this script only
+ARCH = "fast-cnn-pool3"  # registered by this script only
 
 
-def variant(conv3: int, pool3: bool) -> type[nn.Module]:
-    """The fast preset's network with a third conv stage of ``conv3`` channels."""
+def pooled_variant(conv3: int) -> type[nn.Module]:
+    """The fast preset's network with its third stage of ``conv3`` channels max-pooled to 3×3
+    (unpooled, it is the library's own network)."""
 
     class FastCNNConv3(nn.Module):
         def __init__(self, config: ModelConfig) -> None:
@@ -56,8 +59,7 @@ def variant(conv3: int, pool3: bool) -> type[nn.Module]:
             self.bn2 = nn.BatchNorm2d(c.conv2_channels)
             self.conv3 = nn.Conv2d(c.conv2_channels, conv3, k, padding=pad, bias=False)
             self.bn3c = nn.BatchNorm2d(conv3)
-            side = 3 if pool3 else 7
-            self.fc1 = nn.Linear(conv3 * side * side, c.hidden, bias=False)
+            self.fc1 = nn.Linear(conv3 * 3 * 3, c.hidden, bias=False)
             self.bn3 = nn.BatchNorm1d(c.hidden)
             self.fc2 = nn.Linear(c.hidden, c.num_classes)
 
@@ -66,7 +68,7 @@ def variant(conv3: int, pool3: bool) -> type[nn.Module]:
             h = F.relu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
             h = F.relu(self.bn2(F.max_pool2d(self.conv2(h), 2)))
             h = self.conv3(h)
-            h = F.relu(self.bn3c(F.max_pool2d(h, 2) if pool3 else h))
+            h = F.relu(self.bn3c(F.max_pool2d(h, 2)))
             h = F.relu(self.bn3(self.fc1(flatten(h))))
             return self.fc2(F.dropout(h, self.config.dropout, self.training))
 
@@ -88,7 +90,7 @@ def adam_with(beta2: float, weight_decay: float):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--conv3", type=int, default=64, help="third stage's channels (0: the preset)")
+    p.add_argument("--conv3", type=int, default=64, help="third stage's channels (0: none)")
     p.add_argument("--pool3", action="store_true", help="max-pool the third stage to 3×3")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=None)
@@ -99,14 +101,15 @@ def main() -> int:
     p.add_argument("--recompute-bn", type=int, default=0, metavar="N")
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"))
     args = p.parse_args()
-    if args.conv3 < 0:
-        p.error("--conv3 must be 0 (the preset) or a number of channels")
+    if args.conv3 < 0 or (args.pool3 and not args.conv3):
+        p.error("--conv3 must be 0 (no third stage) or a number of channels (needed by --pool3)")
     if args.recompute_bn < 0:
         p.error("--recompute-bn must be 0 (off) or a number of training images")
     if not 0 <= args.beta2 < 1 or args.weight_decay < 0:
         p.error("--beta2 must lie in [0, 1) and --weight-decay be 0 or more")
-    name = f"conv3 {args.conv3}{' pooled' if args.pool3 else ''}" if args.conv3 else "the preset"
+    name = f"conv3 {args.conv3}{' pooled' if args.pool3 else ''}" if args.conv3 else "no conv3"
     if os.environ.get("MNIST_CNN_DRY_RUN"):
         print(f"would train {name} for seeds {args.seeds}")
         return 0
@@ -132,9 +135,21 @@ def _train_all(args: argparse.Namespace, name: str) -> None:
     if (args.beta2, args.weight_decay) != (0.999, 0.0):
         name += f", beta2 {args.beta2:g}, weight decay {args.weight_decay:g}"
         train_module.make_optimizer = adam_with(args.beta2, args.weight_decay)
-    if args.conv3:
-        model_module.ARCHITECTURES[ARCH] = variant(args.conv3, args.pool3)
-        base = dataclasses.replace(base, model=dataclasses.replace(base.model, arch=ARCH))
+    if args.channels:
+        c1, c2 = args.channels
+        name += f", channels {c1}/{c2}"
+        base = dataclasses.replace(
+            base, model=dataclasses.replace(base.model, conv1_channels=c1, conv2_channels=c2)
+        )
+    if args.pool3:
+        model_module.ARCHITECTURES[ARCH] = pooled_variant(args.conv3)
+        base = dataclasses.replace(
+            base, model=dataclasses.replace(base.model, arch=ARCH, conv3_channels=0)
+        )
+    else:
+        base = dataclasses.replace(
+            base, model=dataclasses.replace(base.model, conv3_channels=args.conv3)
+        )
     rows = []
     for seed in args.seeds:
         logs: list[dict] = []

@@ -133,7 +133,8 @@ def test_the_third_stage_is_pictured_as_computed_and_refused_where_absent(
     maps = insp.feature_maps(fast_model, two_digits, "conv3")
     assert maps.maps.shape == (2, 64, 7, 7) and maps.maps.min() >= 0
     np.testing.assert_allclose(maps.maps, by_hand.numpy(), rtol=1e-6, atol=1e-6)  # float32
-    assert np.array_equal(insp.filters(fast_model, "conv3"), fast_model.conv3.weight.detach().numpy())
+    kernels = fast_model.conv3.weight.detach().numpy()
+    assert np.array_equal(insp.filters(fast_model, "conv3"), kernels)
     two_stage = FastCNN(dataclasses.replace(fast_model.config, conv3_channels=0)).eval()
     for call in (
         lambda: insp.feature_maps(two_stage, two_digits, "conv3"),
