@@ -117,3 +117,10 @@ def test_a_setting_recorded_before_it_existed_is_reproduced_as_its_old_default()
 def test_a_card_needs_a_run_folder(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a run folder"):
         build_card(tmp_path / "nowhere")
+
+
+def test_a_fast_run_card_describes_its_third_stage(tiny_fast_run: Path, tiny_run: Path) -> None:
+    """The network paragraph names the third conv stage where the network has one."""
+    third = "a third 3×3 convolution (64 filters) with batch normalisation and ReLU, at 7×7;"
+    assert third in build_card(tiny_fast_run) and "426,362 parameters" in build_card(tiny_fast_run)
+    assert "third" not in build_card(tiny_run)
