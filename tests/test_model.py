@@ -159,12 +159,11 @@ def test_fast_preset_has_a_third_stage_and_two_stage_files_still_load(tmp_path) 
     setting existed (no "conv3_channels" in its metadata, no conv3 tensors) loads as the
     two-stage network it is and computes the same logits."""
     from mnist_cnn.checkpoint import _write, load_model
-    from mnist_cnn.model import FastCNN
-    from mnist_cnn.train import FAST_MODEL
+    from mnist_cnn.model import FAST_CNN, FastCNN
 
-    assert count_parameters(FastCNN(FAST_MODEL)) == 426_362
+    assert count_parameters(FastCNN(FAST_CNN)) == 426_362
     torch.manual_seed(0)
-    old = FastCNN(dataclasses.replace(FAST_MODEL, conv3_channels=0)).eval()
+    old = FastCNN(dataclasses.replace(FAST_CNN, conv3_channels=0)).eval()
     assert not hasattr(old, "conv3") and count_parameters(old) == 207_098
     meta = old.config.to_dict()
     del meta["conv3_channels"]  # as files were written before the setting

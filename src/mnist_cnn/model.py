@@ -152,6 +152,21 @@ class DeepMNIST(nn.Module):
         return (logits, acts) if return_activations else logits
 
 
+# The fast preset's network (FastCNN's default). 16/32 channels: on the validation split, two
+# epochs of this beat one epoch of 32/64 channels (99.26% vs 99.20%) at three quarters of the
+# arithmetic. The third stage of 64 channels at 7×7: +0.07% on validation over six seeds, for
+# about a quarter more time per command. See docs/speed.md.
+FAST_CNN = ModelConfig(
+    arch="fast-cnn",
+    conv1_channels=16,
+    conv2_channels=32,
+    conv3_channels=64,
+    kernel_size=3,
+    hidden=128,
+    dropout=0.0,
+)
+
+
 class FastCNN(nn.Module):
     """The fast preset's network: the seed's two conv/pool stages, batch-normalised and smaller.
 
@@ -165,16 +180,7 @@ class FastCNN(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
-        self.config = config or ModelConfig(
-            arch="fast-cnn",
-            conv1_channels=16,
-            conv2_channels=32,
-            conv3_channels=64,
-            kernel_size=3,
-            hidden=128,
-            dropout=0.0,
-        )
-        c = self.config
+        self.config = c = config or FAST_CNN
         pad = c.kernel_size // 2
         self.conv1 = nn.Conv2d(1, c.conv1_channels, c.kernel_size, padding=pad, bias=False)
         self.bn1 = nn.BatchNorm2d(c.conv1_channels)
