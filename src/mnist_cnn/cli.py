@@ -638,8 +638,9 @@ def _setup_features(sub: argparse._SubParsersAction) -> None:
         "features",
         help="picture a layer's feature maps for some digits (the input beside its maps)",
         description="The input digit in grayscale beside one layer's feature maps (conv1 as "
-        "4x8, conv2 as 8x8), one row per digit. Without --index or --image: the first 6 and "
-        "the first 9 of the split, the seed's comparison.",
+        "4x8, conv2 as 8x8; conv3, in a fast-preset network, as 8x8), one row per digit. "
+        "Without --index or --image: the first 6 and the first 9 of the split, the seed's "
+        "comparison.",
     )
     p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
     p.add_argument(
@@ -700,9 +701,9 @@ def _setup_filters(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "filters",
         help="picture a convolution's learned kernels",
-        description="conv1: its 32 5x5 kernels as a 4x8 grid. conv2: all 64x32 kernels, a row "
-        "per output channel, a column per input channel. Gray is 0, white positive, black "
-        "negative, one scale per picture.",
+        description="conv1: its 32 5x5 kernels as a 4x8 grid. conv2 (and conv3, in a "
+        "fast-preset network): all its kernels, a row per output channel, a column per input "
+        "channel. Gray is 0, white positive, black negative, one scale per picture.",
     )
     p.add_argument("run", metavar="RUN", help="run folder (or its model.safetensors)")
     p.add_argument("--layer", choices=list(FILTER_LAYERS), default="conv1")

@@ -79,15 +79,12 @@ def web_tensors(model: nn.Module) -> dict[str, np.ndarray]:
         ]
         return {n: state[n].float().numpy() for n in names}
     if arch == "fast-cnn":
-        stages = ("conv1", "conv2", "conv3") if model.config.conv3_channels else ("conv1", "conv2")
-        out = {f"{n}.weight": state[f"{n}.weight"].float().numpy() for n in (*stages, "fc1")}
+        # The third stage's layers exist only where the network has one.
+        convs = [n for n in ("conv1", "conv2", "conv3", "fc1") if hasattr(model, n)]
+        out = {f"{n}.weight": state[f"{n}.weight"].float().numpy() for n in convs}
         out["fc2.weight"] = state["fc2.weight"].float().numpy()
         out["fc2.bias"] = state["fc2.bias"].float().numpy()
-        norms = (
-            ("bn1", "bn2", "bn_conv3", "bn3")
-            if model.config.conv3_channels
-            else ("bn1", "bn2", "bn3")
-        )
+        norms = [n for n in ("bn1", "bn2", "bn_conv3", "bn3") if hasattr(model, n)]
         for bn in norms:
             module = getattr(model, bn)
             scale = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + module.eps)

@@ -198,8 +198,9 @@
       const logits = linear(fc1, net.need("fc2.weight"), net.need("fc2.bias"));
       return { logits, conv1, conv2 };
     }
-    // fast-cnn: conv -> pool -> BN -> ReLU, twice; [conv -> BN -> ReLU]; fc -> BN -> ReLU; fc. Its conv1/conv2 maps
-    // are shown, as model.py reports them, through the same batch norm and ReLU (at the end).
+    // fast-cnn: conv -> pool -> BN -> ReLU, twice; [conv -> BN -> ReLU]; fc -> BN -> ReLU; fc.
+    // Its conv1/conv2 maps are shown, as model.py reports them, through the same batch norm
+    // and ReLU (at the end).
     const conv1 = conv2d(x, 1, SIDE, SIDE, w1, null, c.conv1_channels, k);
     const pool1 = relu(
       affine(maxPool2(conv1, c.conv1_channels, SIDE, SIDE), c.conv1_channels,
