@@ -26,7 +26,15 @@ def model(trained_run: Path):
 
 
 def test_photo_like_digits_are_recovered(model, mnist) -> None:
-    """MNIST test digits scaled up, off centre, dark ink on light paper, noisy: >= 97% right."""
+    """MNIST test digits scaled up, off centre, dark ink on light paper, noisy: read as the
+    untouched digits are.
+
+    The suite's network (600 steps) reads about 97% of these 300 digits untouched, and where
+    within a few digits depends on the processor it was trained on (bf16, or fp32 with AVX-512
+    or AVX2 kernels: 96.3-97.0%). So the preprocessing is held to what it can change: the
+    photos get the untouched digits' answers (>= 98%), and lose at most 1% of accuracy.
+    A fully trained network's >= 97% on photos: benchmarks/preprocess_robustness.py.
+    """
     rng = np.random.default_rng(1)
     idx = rng.choice(len(mnist.test), size=N_PHOTOS, replace=False)
     digits = mnist.test.images[idx].numpy()
@@ -38,9 +46,13 @@ def test_photo_like_digits_are_recovered(model, mnist) -> None:
         buf = io.BytesIO()
         Image.fromarray(photo).save(buf, format="PNG", compress_level=0)  # stored: quickest
         seen.append(preprocess_image(load_image(buf.getvalue())))
-    plain = (classify(model, digits).argmax(1) == labels).mean()
-    photos = (classify(model, np.stack(seen)).argmax(1) == labels).mean()
-    assert photos >= 0.97, f"photo-like digits: {photos:.3f} (untouched: {plain:.3f})"
+    untouched = classify(model, digits).argmax(1)
+    as_photos = classify(model, np.stack(seen)).argmax(1)
+    plain, photos = (untouched == labels).mean(), (as_photos == labels).mean()
+    same = (as_photos == untouched).mean()
+    assert plain >= 0.95, f"the suite's network reads only {plain:.3f} of untouched digits"
+    assert same >= 0.98, f"photos read as their untouched digit: {same:.3f}"
+    assert photos >= plain - 0.01, f"photo-like digits: {photos:.3f} (untouched: {plain:.3f})"
 
 
 def _digit_photo(mnist, i: int, path: Path) -> int:
