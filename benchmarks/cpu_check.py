@@ -7,7 +7,9 @@ Targets (docs/speed.md): on a CPU with native bf16 the fast path ≥ 3× the pla
 the fast step ≥ 85% of the machine's fp32 matrix-multiply rate. Each ``bench`` first checks that
 the fast path computes the plain step's function; the script exits 1 if it does not. Run it on
 an AVX2-only machine as it is; to see that view on a CPU with native bf16, hold torch's kernels
-at AVX2: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``.
+and both libraries it calls at AVX2: ``benchmarks/as_avx2.sh .venv/bin/python
+benchmarks/cpu_check.py`` (holding only oneDNN and torch's own kernels leaves MKL's fp32
+products, and so the matmul rate, on AVX-512).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ worktree, run with this checkout's .venv and PYTHONPATH pointing at its src/) an
 working tree, alternating (old, new, old, new, ...) ROUNDS times (default 3; round i trains
 seed (i - 1) mod 3), after one untimed 1-step run of each side. Prints each run's wall seconds
 and test accuracy, then the means and the ratio of the mean wall times (new / old). The
-environment passes through, so 'ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2' compares
-the two as an AVX2-only CPU (fp32) would run them. Reads MNIST from \$MNIST_CNN_DATA (else
+environment passes through, so 'benchmarks/as_avx2.sh benchmarks/preset_side_by_side.sh BASE'
+compares the two as an AVX2-only CPU (fp32) would run them. Reads MNIST from \$MNIST_CNN_DATA (else
 ~/.cache/mnist-cnn). MNIST_CNN_DRY_RUN=1 only checks that BASE is a commit."
 set -euo pipefail
 # shellcheck source=benchmarks/side_by_side.sh

@@ -131,3 +131,17 @@ def test_no_memory_figure_is_made_up_where_none_can_be_read(monkeypatch):
     for result in (other, blind):
         assert result.summary() == "peak memory not measured on this platform"
         assert set(result.to_dict()) == {"device"}
+
+
+def test_the_hardware_line_says_which_libraries_are_held_below_the_cpu(monkeypatch):
+    # ATEN_CPU_CAPABILITY alone leaves MKL's fp32 products on the CPU's widest vectors: a
+    # recorded plan must show what was held, or an "AVX2" run is not what it says.
+    for _, variable in dev.LIBRARY_ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    plain = dev.hardware_description(torch.device("cpu"))
+    assert "held at" not in plain and "torch kernels" in plain
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    held = dev.hardware_description(torch.device("cpu"))
+    assert held.endswith("oneDNN held at AVX2, MKL held at AVX2)")
+    assert held.startswith(plain[:-1])  # the same line, with the libraries added

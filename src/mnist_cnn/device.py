@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# The variables that hold torch's CPU libraries below what the processor offers
+# (benchmarks/as_avx2.sh sets all three with ATEN_CPU_CAPABILITY).
+LIBRARY_ISA_VARIABLES = (("oneDNN", "ONEDNN_MAX_CPU_ISA"), ("MKL", "MKL_ENABLE_INSTRUCTIONS"))
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -85,9 +89,18 @@ def hardware_description(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
     if device.type == "cpu":
         name, flags = cpu_model()
-        # torch's kernels can be held below what the CPU offers (ATEN_CPU_CAPABILITY).
+        # torch's kernels can be held below what the CPU offers (ATEN_CPU_CAPABILITY), and so
+        # can the libraries it calls: oneDNN (convolutions, bf16 products) and MKL (fp32
+        # products), each by its own variable, read when the library starts.
         kernels = torch.backends.cpu.get_cpu_capability()
-        return f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {kernels})"
+        held = [
+            f"{library} held at {os.environ[variable]}"
+            for library, variable in LIBRARY_ISA_VARIABLES
+            if os.environ.get(variable)
+        ]
+        return (
+            f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {', '.join([kernels, *held])})"
+        )
     return device.type
 
 
