@@ -334,3 +334,24 @@ def test_fast_preset_config() -> None:
         type(config).from_dict({**config.to_dict(), "label_smoothing": "0.1"})
     older = {k: v for k, v in config.to_dict().items() if k != "label_smoothing"}
     assert type(config).from_dict(older).label_smoothing == 0.0  # as such runs were trained
+
+
+def test_the_fast_cpu_plan_keeps_freed_memory_where_glibc_can(monkeypatch) -> None:
+    from mnist_cnn import device as dev
+
+    here = dev.can_keep_freed_memory()
+    plan = st.resolve_plan(DEVICE, "fp32")
+    assert plan.freed_memory_kept == here
+    assert ("freed memory kept" in plan.summary()) == here
+    assert not st.resolve_plan(DEVICE, "fp32", plain=True).freed_memory_kept  # a plain loop's
+    monkeypatch.setattr(st, "can_keep_freed_memory", lambda: False)  # macOS, Windows, musl
+    plan = st.resolve_plan(DEVICE, "fp32")
+    assert not plan.freed_memory_kept and "freed memory" not in plan.summary()
+    applied: list[bool] = []
+    monkeypatch.setattr(st, "keep_freed_memory", lambda: applied.append(True) or True)
+    model = st.prepare_model(FastCNN(SMALL_FAST_NET), plan)
+    st.build_step(model, st.make_optimizer(model.parameters(), 1e-3, plan), plan)
+    assert not applied  # not asked for: not applied
+    plan = dataclasses.replace(plan, freed_memory_kept=True)
+    st.build_step(model, st.make_optimizer(model.parameters(), 1e-3, plan), plan)
+    assert applied == [True]

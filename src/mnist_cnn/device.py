@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import threading
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -102,6 +105,60 @@ def hardware_description(device: torch.device) -> str:
             f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {', '.join([kernels, *held])})"
         )
     return device.type
+
+
+# --------------------------------------------------------------------------- the C allocator
+
+# glibc's mallopt parameters: blocks up to MMAP_THRESHOLD come from the heap (larger ones are
+# mapped and unmapped one by one); the heap's free top is handed back to the OS beyond
+# TRIM_THRESHOLD. 32 MiB is glibc's largest mmap threshold on 64-bit systems.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 1 << 30
+
+
+@functools.cache
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or None (macOS, Windows, musl, ...)."""
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process runs on
+        # glibc's alone: another C library's mallopt numbers its settings differently.
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return None
+        return libc.mallopt
+    except (OSError, TypeError, AttributeError):
+        return None
+
+
+def can_keep_freed_memory() -> bool:
+    """Whether ``keep_freed_memory`` can work here (a process on glibc)."""
+    return _mallopt() is not None
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed blocks of up to 32 MiB for reuse, rather than map
+    fresh pages for each and hand them back to the OS. True if it took the settings.
+
+    A CPU training step allocates and frees the same activation and gradient buffers every
+    step. With glibc's defaults the fast preset's step (batch 128) takes 3,500-6,000 page
+    faults per step, each page zeroed by the kernel: 20-25% of the step (its time falls from
+    18 to 13.5 ms in bf16, 39 to 31 ms in fp32 with AVX2 kernels; benchmarks/page_faults.py).
+    Process-wide: what is kept is at most what the process once used at its peak (up to
+    1 GiB), so the peak memory does not grow; an idle process hands less of it back.
+    """
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed memory back to the OS now (glibc's ``malloc_trim``), whatever
+    ``keep_freed_memory`` set: a measurement of resident growth then starts from a clean heap."""
+    if _mallopt() is not None:
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def synchronize(device: torch.device) -> None:

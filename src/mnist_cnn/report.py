@@ -58,7 +58,7 @@ def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
 
 
 PLAN_KEYS = ("precision", "requested", "plain", "channels_last", "bf16_weights", "fused_adam")
-PLAN_KEYS += ("cuda_graph",)
+PLAN_KEYS += ("freed_memory_kept", "cuda_graph")
 PLAN_KEYS += ("device", "hardware", "bf16", "threads")
 
 

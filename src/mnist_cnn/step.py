@@ -19,6 +19,7 @@ fast eager steps, the CUDA graph (and its warm-up), and ``bench``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -29,9 +30,11 @@ import torch
 from torch import nn
 
 from .adam import FusedAdam, Optimizer
-from .device import hardware_description
+from .device import can_keep_freed_memory, hardware_description, keep_freed_memory
 from .errors import ConfigError
 from .model import loss_fn
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "onecycle")
@@ -96,6 +99,9 @@ class StepPlan:
     # bf16 copies of the conv and linear weights, refreshed once per step, that the forward
     # reads instead of autocast casting each weight (and its gradient back) in every forward.
     bf16_weights: bool = False
+    # glibc keeps freed blocks for reuse (device.keep_freed_memory): no fresh pages faulted in
+    # for each step's buffers.
+    freed_memory_kept: bool = False
 
     @property
     def device_type(self) -> str:
@@ -119,6 +125,8 @@ class StepPlan:
             how.append("bf16 weight copies")
         if self.fused_adam:
             how.append("fused Adam")
+        if self.freed_memory_kept:
+            how.append("freed memory kept")
         if self.cuda_graph:
             how.append("CUDA graph")
         return f"{', '.join(how)} on {self.device}: {self.hardware}, {self.threads} threads"
@@ -162,6 +170,7 @@ def resolve_plan(
         bf16=said,
         threads=torch.get_num_threads(),
         bf16_weights=fast and use_bf16 and device.type == "cpu" and not distributed,
+        freed_memory_kept=fast and device.type == "cpu" and can_keep_freed_memory(),
     )
 
 
@@ -367,6 +376,8 @@ def build_step(
     """The step a run uses, as its plan says: eager, or a CUDA graph captured on first use."""
     if plan.channels_last:
         match_state_layout(optimizer)
+    if plan.freed_memory_kept and not keep_freed_memory():  # only slower, so a warning
+        log.warning("the C allocator did not take the settings to keep freed memory")
     if plan.cuda_graph or graph_factory is not None:
         if lr is not None:
             raise ConfigError("a CUDA graph replays a constant learning rate: no schedule")
