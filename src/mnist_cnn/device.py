@@ -140,9 +140,10 @@ def keep_freed_memory() -> bool:
     fresh pages for each and hand them back to the OS. True if it took the settings.
 
     A CPU training step allocates and frees the same activation and gradient buffers every
-    step. With glibc's defaults the fast preset's step (batch 128) takes 3,500-6,000 page
-    faults per step, each page zeroed by the kernel: 20-25% of the step (its time falls from
-    18 to 13.5 ms in bf16, 39 to 31 ms in fp32 with AVX2 kernels; benchmarks/page_faults.py).
+    step. With glibc's adaptive defaults the fast preset's step (batch 128) often hands them
+    back and faults 3,000-4,300 fresh zeroed pages in per step (whether it does depends on the
+    order of earlier frees): a quarter of the step (21.0 -> 15.8 ms in bf16, 32.4 -> 25.3 ms
+    in fp32 with AVX2 kernels; benchmarks/page_faults.py).
     Process-wide: what is kept is at most what the process once used at its peak (up to
     1 GiB), so the peak memory does not grow; an idle process hands less of it back.
     """
