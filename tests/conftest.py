@@ -328,20 +328,12 @@ def _hardware_summary() -> list[str]:
     """Which precision paths ran on this hardware and which could not run here."""
     import torch
 
-    from mnist_cnn.device import LIBRARY_ISA_VARIABLES
+    from mnist_cnn.device import cpu_kernels
     from mnist_cnn.step import BF16_SWITCH, bf16_support
 
     cpu = torch.device("cpu")
     native, said = bf16_support(cpu)
-    kernels = torch.backends.cpu.get_cpu_capability()
-    kernels = ", ".join(  # and the libraries held below the CPU (benchmarks/as_avx2.sh)
-        [kernels]
-        + [
-            f"{lib} held at {os.environ[v]}"
-            for lib, v in LIBRARY_ISA_VARIABLES
-            if os.environ.get(v)
-        ]
-    )
+    kernels = cpu_kernels()  # and the libraries held below them (benchmarks/as_avx2.sh)
     if native and BF16_SWITCH not in said:
         bf16 = "bf16 tests ran on native bf16"
     else:

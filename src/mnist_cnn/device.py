@@ -85,6 +85,22 @@ def cpu_model() -> tuple[str, tuple[str, ...]]:
     return name, flags
 
 
+def cpu_kernels() -> str:
+    """The vector instructions torch's CPU kernels use, and each library held below them.
+
+    torch's own kernels can be held below what the CPU offers (ATEN_CPU_CAPABILITY), and so
+    can the libraries it calls: oneDNN (convolutions, bf16 products) and MKL (fp32 products),
+    each by its own variable, read when the library starts: "AVX2, oneDNN held at AVX2, MKL
+    held at AVX2" under benchmarks/as_avx2.sh.
+    """
+    held = [
+        f"{lib} held at {os.environ[var]}"
+        for lib, var in LIBRARY_ISA_VARIABLES
+        if os.environ.get(var)
+    ]
+    return ", ".join([torch.backends.cpu.get_cpu_capability(), *held])
+
+
 def hardware_description(device: torch.device) -> str:
     """The hardware a step runs on: the GPU's name, or the CPU's model and its vector flags."""
     if device.type == "cuda":
@@ -92,18 +108,7 @@ def hardware_description(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
     if device.type == "cpu":
         name, flags = cpu_model()
-        # torch's kernels can be held below what the CPU offers (ATEN_CPU_CAPABILITY), and so
-        # can the libraries it calls: oneDNN (convolutions, bf16 products) and MKL (fp32
-        # products), each by its own variable, read when the library starts.
-        kernels = torch.backends.cpu.get_cpu_capability()
-        held = [
-            f"{library} held at {os.environ[variable]}"
-            for library, variable in LIBRARY_ISA_VARIABLES
-            if os.environ.get(variable)
-        ]
-        return (
-            f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {', '.join([kernels, *held])})"
-        )
+        return f"{name} ({' '.join(flags) or 'no AVX2'}; torch kernels {cpu_kernels()})"
     return device.type
 
 
@@ -118,21 +123,19 @@ TRIM_THRESHOLD = 1 << 30
 
 
 @functools.cache
-def _mallopt() -> Any:
-    """glibc's ``mallopt``, or None (macOS, Windows, musl, ...)."""
+def _glibc() -> Any:
+    """The process's C library if it is glibc (whose mallopt settings are numbered as below),
+    else None (macOS, Windows, musl, ...)."""
     try:
-        libc = ctypes.CDLL(None)  # the C library this process runs on
-        # glibc's alone: another C library's mallopt numbers its settings differently.
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return None
-        return libc.mallopt
-    except (OSError, TypeError, AttributeError):
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # Windows: no process-wide handle
         return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 def can_keep_freed_memory() -> bool:
     """Whether ``keep_freed_memory`` can work here (a process on glibc)."""
-    return _mallopt() is not None
+    return _glibc() is not None
 
 
 def keep_freed_memory() -> bool:
@@ -144,22 +147,23 @@ def keep_freed_memory() -> bool:
     back and faults 3,000-4,300 fresh zeroed pages in per step (whether it does depends on the
     order of earlier frees): a quarter of the step (21.0 -> 15.8 ms in bf16, 32.4 -> 25.3 ms
     in fp32 with AVX2 kernels; benchmarks/page_faults.py).
-    Process-wide: what is kept is at most what the process once used at its peak (up to
-    1 GiB), so the peak memory does not grow; an idle process hands less of it back.
+    Process-wide. What is kept was in use once, so the peak grows only by what reuse
+    fragments (whole training commands: 10-16 MB); an idle process hands less of it back.
     """
-    mallopt = _mallopt()
-    if mallopt is None:
+    libc = _glibc()
+    if libc is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
 
 
 def release_freed_memory() -> None:
     """Hand the heap's freed memory back to the OS now (glibc's ``malloc_trim``), whatever
     ``keep_freed_memory`` set: a measurement of resident growth then starts from a clean heap."""
-    if _mallopt() is not None:
-        ctypes.CDLL(None).malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def synchronize(device: torch.device) -> None:
