@@ -118,6 +118,20 @@ def test_bench_checks_equivalence_and_the_machine_rate() -> None:
     assert "ours (fast path)" in text and "% of it" in text
 
 
+def test_bench_leaves_the_allocator_as_a_plain_script_has_it(monkeypatch: pytest.MonkeyPatch):
+    """Keeping freed memory holds for the whole process: set by the fast loop, it would speed
+    the plain loop timed beside it (its page faults a step fall from ~6,000 to none), so bench
+    leaves it out of every plan it builds, and says so in the plan it prints."""
+    applied: list[bool] = []
+    monkeypatch.setattr(st, "keep_freed_memory", lambda: applied.append(True) or True)
+    monkeypatch.setattr(st, "can_keep_freed_memory", lambda: True)  # as on glibc
+    assert st.resolve_plan(torch.device("cpu"), "fp32").freed_memory_kept  # train's plan has it
+    report = _tiny_bench(precision="fp32")
+    assert report.ok and not report.plan.freed_memory_kept
+    assert "freed memory" not in format_report(report)
+    assert not applied
+
+
 def test_bench_counts_steps_and_images(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each loop runs warm-up (twice: memory, then timing) plus exactly ``steps`` timed steps,
     split over rounds with a remainder; images/s and the ratio follow from the times."""

@@ -8,7 +8,11 @@ Three things, on the device it runs on:
 - speed: the plain loop (the familiar example script: a ``TensorDataset`` of float images, a
   shuffling ``DataLoader`` at batch 50, PyTorch's default Adam, each batch copied to the device,
   eager, fp32) against what ``mnist-cnn train`` runs, in alternating blocks so that background
-  load falls on both alike: the ratio is the figure that means something;
+  load falls on both alike: the ratio is the figure that means something. One part of train's
+  plan is left out here (``bench_plan``): keeping freed memory (glibc), which holds for the
+  whole process and so would speed the plain loop timed beside it too (its ~6,000 page faults a
+  step fall to none); the plain loop runs as a script of its own would. That setting's effect
+  is measured by ``benchmarks/page_faults.py``;
 - the limit: the machine's large-matrix-multiply rate at the step's precision, and the step's
   arithmetic rate as a fraction of it.
 """
@@ -195,6 +199,14 @@ def _twins(
     return prepare_model(plain, plain_plan), prepare_model(fast, fast_plan)
 
 
+def bench_plan(device: torch.device, precision: str, *, plain: bool = False) -> StepPlan:
+    """The plan ``train`` resolves, less what would also change the plain loop: glibc's kept
+    freed memory is process-wide (module docstring)."""
+    return dataclasses.replace(
+        resolve_plan(device, precision, plain=plain), freed_memory_kept=False
+    )
+
+
 def check_equivalence(
     device: torch.device,
     precision: str = "auto",
@@ -220,7 +232,7 @@ def check_equivalence(
         for _ in range(steps + 1)
     ]
     held_x = batches.pop()[0]  # logits are compared on a batch neither step trained on
-    reference = resolve_plan(device, "fp32", plain=True)
+    reference = bench_plan(device, "fp32", plain=True)
 
     def run(plan: StepPlan, model: torch.nn.Module) -> list[float]:
         step = build_step(model, make_optimizer(model.parameters(), 1e-4, plan), plan)
@@ -239,7 +251,7 @@ def check_equivalence(
         with torch.no_grad(), autocast(device.type, plan.autocast_dtype):
             return model(x).float()
 
-    fast32 = resolve_plan(device, "fp32")
+    fast32 = bench_plan(device, "fp32")
     plain, fast = _twins(config, reference, fast32)
     lp, lf = run(reference, plain), run(fast32, fast)
     ref = logits(plain, reference)
@@ -257,7 +269,7 @@ def check_equivalence(
             diff <= FP32_LOGIT_RTOL * scale and losses_ok,
         )
     ]
-    chosen = resolve_plan(device, precision)
+    chosen = bench_plan(device, precision)
     if chosen.precision == "bf16":
         low = _twins(config, reference, chosen)[1]
         run(chosen, low)
@@ -320,7 +332,7 @@ def fast_loop(
     precision: str = "auto",
 ) -> tuple[torch.nn.Module, Iterator[torch.Tensor]]:
     """What ``mnist-cnn train`` runs: (model, an endless iterator, one step per ``next``)."""
-    plan = resolve_plan(device, precision)
+    plan = bench_plan(device, precision)
     model = prepare_model(build_model(model_config), plan)
     step = build_step(model, make_optimizer(model.parameters(), lr, plan), plan)
     batches = BatchSource(
@@ -424,7 +436,7 @@ def bench(
     equivalence rows, and ``ok`` is False.
     """
     dev = device if isinstance(device, torch.device) else select_device(device)
-    plan = resolve_plan(dev, precision)  # refused here, before anything runs
+    plan = bench_plan(dev, precision)  # refused here, before anything runs
     equivalence = check_equivalence(dev, precision, model_config=model_config)
     if not all(e.ok for e in equivalence):  # timing another function would mean nothing
         return BenchReport(plan, [], equivalence, None, batch_size)
