@@ -47,6 +47,8 @@ from mnist_cnn import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIRS = ("benchmarks/", "scripts/", "docs/")
+# Scripts that run the command written after them: that command is checked, not as their flags.
+WRAPPERS = ("benchmarks/as_avx2.sh",)
 
 
 def _project() -> tuple[str, set[str]]:
@@ -356,6 +358,15 @@ def check_script_command(cmd: Command) -> list[str]:
             f"(started by {starter!r}): show '.venv/bin/python {cmd.script}'"
         )
     after = cmd.words[cmd.words.index(cmd.script) + 1 :]
+    if cmd.script in WRAPPERS:
+        inner = parse_command(" ".join(after))
+        if inner is None:  # another program's command (`make test`): not ours to check
+            return problems
+        if inner.kind == "script":
+            return problems + check_script_command(inner)
+        if inner.kind == "mnist-cnn":
+            return problems + check_mnist_command(inner.words)[1]
+        return problems + check_pip(inner.words)
     flags, failed = script_flags(path)
     problems += [failed] if failed else []
     problems += [
@@ -486,6 +497,16 @@ DRIFTS = [
     ("`benchmarks/gpu_check.py --smoke`", "is not executable", None),
     ("`.venv/bin/python benchmarks/gpu_check.py --fast`", "has no flag --fast", None),
     ("`benchmarks/no_such.sh`", "does not exist", None),
+    (
+        "`benchmarks/as_avx2.sh .venv/bin/python benchmarks/gpu_check.py --fast`",
+        "benchmarks/gpu_check.py has no flag --fast",
+        None,
+    ),
+    (
+        "`benchmarks/as_avx2.sh mnist-cnn bench --stpes 3`",
+        "mnist-cnn bench has no flag --stpes",
+        None,
+    ),
 ]
 
 
