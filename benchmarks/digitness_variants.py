@@ -1,5 +1,6 @@
 """Variants of the not-a-digit score, side by side on one run: which neighbour (k), how many
-shifted views of the picture, and fc1 fused with pool2.
+shifted views of the picture, and fc1 fused with another layer (pool2, or conv3 where the
+network has it).
 
 Each variant is shown at two thresholds: the share of validation digits the library flags
 (``--val-rates``, what a user gets), and, for a fair comparison, the threshold that flags
@@ -7,7 +8,7 @@ Each variant is shown at two thresholds: the share of validation digits the libr
 come from ``tests/nondigits.py`` with ``--seeds`` (0 and 1: the design set; benchmarks/digitness.py
 reports seeds 2 and 3, held out).
 
-    .venv/bin/python benchmarks/digitness_variants.py RUN [--seeds 0 1] [-n 600] [--pool2]
+    .venv/bin/python benchmarks/digitness_variants.py RUN [--seeds 0 1] [-n 600] [--fuse conv3]
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main() -> int:
     p.add_argument("--val-rates", type=float, nargs="+", default=[0.014, 0.015])
     p.add_argument("--test-rate", type=float, default=0.019)
     p.add_argument("--pool2", action="store_true", help="also fc1 fused with pool2")
+    p.add_argument("--fuse", help="also fc1 fused with this layer (e.g. conv3); --pool2: pool2")
     args = p.parse_args()
     try:
         model, _ = load_model(args.run)
@@ -115,9 +117,13 @@ def main() -> int:
         for views in (1, 5, 9):
             best = {n: v[:views, :, k - 1].max(0).values.numpy() for n, v in fc1.items()}
             show(f"fc1 k={k}, {views} view(s)", best)
-    if args.pool2:
-        pool2 = neighbours("pool2")
-        show("pool2 k=1, 5 views", {n: v[:5, :, 0].max(0).values.numpy() for n, v in pool2.items()})
+    other = "pool2" if args.pool2 else args.fuse
+    if other:
+        second = neighbours(other)
+        show(
+            f"{other} k=1, 5 views",
+            {n: v[:5, :, 0].max(0).values.numpy() for n, v in second.items()},
+        )
 
         def ranks(nb: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
             sc = {n: v[:5, :, 0].max(0).values.numpy() for n, v in nb.items()}
@@ -125,8 +131,8 @@ def main() -> int:
             return {n: (np.searchsorted(val, s, side="right") + 0.5) / (len(val) + 1)
                     for n, s in sc.items()}  # fmt: skip
 
-        a, b = ranks(fc1), ranks(pool2)
-        show("fc1 + pool2 (log ranks)", {n: np.log(a[n]) + np.log(b[n]) for n in a})
+        a, b = ranks(fc1), ranks(second)
+        show(f"fc1 + {other} (log ranks)", {n: np.log(a[n]) + np.log(b[n]) for n in a})
     return 0
 
 
