@@ -33,11 +33,19 @@ from mnist_cnn import digitness as dg  # noqa: E402
 from mnist_cnn.checkpoint import load_model  # noqa: E402
 from mnist_cnn.datasets import load_dataset, to_float  # noqa: E402
 from mnist_cnn.errors import MnistCnnError  # noqa: E402
+from mnist_cnn.evaluate import evaluate  # noqa: E402
 from mnist_cnn.photos import photo_like  # noqa: E402
 from mnist_cnn.preprocess import ImageError, preprocess_image  # noqa: E402
 from tests.nondigits import non_digit_pictures  # noqa: E402
 
 BLOCK = 500  # images per forward pass
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def gram_rows(
@@ -108,10 +116,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    p.add_argument("-n", type=int, default=300, help="photo-like digits and non-digits per seed")
+    p.add_argument(
+        "-n", type=at_least_one, default=300, help="photo-like digits and non-digits per seed"
+    )
     p.add_argument("--data-dir")
     p.add_argument("--gram", action="store_true", help="also Gram-matrix deviations, and fused")
-    p.add_argument("--powers", type=int, default=10, help="Gram powers p = 1..POWERS (10)")
+    p.add_argument("--powers", type=at_least_one, default=10, help="Gram powers p = 1..POWERS (10)")
     args = p.parse_args()
     if os.environ.get("MNIST_CNN_DRY_RUN"):  # the docs test: arguments only
         print(f"would score {len(args.runs)} run(s) on non-digit seeds {args.seeds}")
@@ -148,7 +158,9 @@ def main() -> int:
 
     for run, model in models.items():
         scorer = dg.scorer_for_run(run, model, data_dir=args.data_dir)
-        accuracy = evaluate_accuracy(model, data)
+        accuracy = evaluate(
+            model, data.test.images, data.test.labels, measure_memory=False
+        ).accuracy
         knn = {name: scorer.scores(model, images) for name, images in sets.items()}
         row(f"{run} | {accuracy:.4f}", knn, scorer.threshold)
         if not args.gram:
@@ -169,16 +181,6 @@ def main() -> int:
                  for name in total}  # fmt: skip
         at_rate("stored score + Gram, log ranks summed", fused)
     return 0
-
-
-def evaluate_accuracy(model, data) -> float:
-    """Test accuracy of ``model``, evaluated here (a run's results.json may be absent)."""
-    correct = 0
-    with torch.inference_mode():
-        for s in range(0, len(data.test.images), BLOCK):
-            logits = model(to_float(data.test.images[s : s + BLOCK]))
-            correct += int((logits.argmax(1) == data.test.labels[s : s + BLOCK]).sum())
-    return correct / len(data.test.images)
 
 
 if __name__ == "__main__":
