@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -278,6 +279,34 @@ def test_adam_settings_outside_their_range_are_refused(runs, where, value):
     refused = pytest.raises(MnistCnnError, match=f"optimizer state does not fit \\({where} ")
     with _edited_copy(runs, _group(where, value)) as (restore_it, _, _), refused:
         restore_it()
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "says"),
+    [
+        ("lr", 9.22165186873078e37, "above the run's 0.001"),
+        ("eps", 1.0, "the run's is 1e-08"),
+        ("weight_decay", 1e30, "the run's is 0.0"),
+        ("betas", [0.5, 0.999], "the run's is (0.9, 0.999)"),
+    ],
+)
+def test_adam_settings_other_than_the_runs_are_refused(runs, where, value, says):
+    """Found by the fuzz test above: a learning rate of 9.2e37 is finite and positive, and
+    the first step after the resume filled every weight with infinities. The live optimizer
+    was built from the run's config, which a resume cannot change: its settings are the ones
+    the file must hold (the learning rate may be lower: a schedule lowers it from its peak)."""
+    refused = pytest.raises(MnistCnnError, match=re.escape(f"({where} ") + ".*" + re.escape(says))
+    with _edited_copy(runs, _group(where, value)) as (restore_it, _, _), refused:
+        restore_it()
+
+
+def test_a_learning_rate_below_the_runs_is_a_schedules_and_resumes(runs):
+    with _edited_copy(runs, _group("lr", 1e-5)) as (restore_it, model, optimizer):
+        restore_it()
+        assert optimizer.param_groups[0]["lr"] == 1e-5  # the file's: the schedule's value
+        loss_fn(model(torch.rand(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
+        optimizer.step()
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 @pytest.mark.parametrize(

@@ -374,11 +374,18 @@ def _same_kind(saved: Any, current: Any) -> bool:
     return type(saved) is type(current)
 
 
-def _check_hyperparameters(group: dict, bad: str) -> None:
-    """Adam's settings within the ranges its update is defined on (a beta of 1 divides by 0)."""
+def _check_hyperparameters(group: dict, live: dict, bad: str) -> None:
+    """Adam's settings within the ranges its update is defined on (a beta of 1 divides by 0),
+    and the run's own: the live optimizer was built from the run's config, which a resume
+    cannot change. The learning rate may be lower than the live one (a schedule lowers it
+    from its peak), never higher: a learning rate of 1e37 read from a damaged file is finite
+    and positive, and the first step after the resume filled every weight with infinities."""
 
     def number(value: Any) -> bool:
         return type(value) in (int, float) and math.isfinite(value)
+
+    def plain(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list | tuple) else value
 
     checks = {
         "lr": lambda v: number(v) and v > 0,
@@ -391,6 +398,13 @@ def _check_hyperparameters(group: dict, bad: str) -> None:
     for key, ok in checks.items():
         if key in group and not ok(group[key]):
             raise CheckpointError(f"{bad} ({key} {_short(group[key])})")
+    if "lr" in group and group["lr"] > float(live["lr"]) * (1 + 1e-9):
+        raise CheckpointError(f"{bad} (lr {_short(group['lr'])}: above the run's {live['lr']:g})")
+    for key in ("betas", "eps", "weight_decay"):
+        if key in group and plain(group[key]) != plain(live[key]):  # JSON made betas a list
+            raise CheckpointError(
+                f"{bad} ({key} {_short(group[key])}: the run's is {_short(live[key])})"
+            )
 
 
 def _check_optimizer(
@@ -411,7 +425,7 @@ def _check_optimizer(
                 raise CheckpointError(f"{bad} (params {_short(saved[key])})")
             if key != "params" and not _same_kind(saved[key], value):
                 raise CheckpointError(f"{bad} ({key} {_short(saved[key])})")
-        _check_hyperparameters(saved, bad)
+        _check_hyperparameters(saved, current, bad)
     # How the update is computed (fused, foreach, capturable, amsgrad ...) belongs to the
     # optimizer this process built for its device, not to the file: a flag from the file
     # (null where the kernel wants a bool, or capturable from a GPU run) would reach the kernel.
