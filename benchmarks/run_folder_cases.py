@@ -83,6 +83,10 @@ CHECKPOINT_EDITS = [
     ("step = 'abc'", lambda t, m: m.update(step="abc")),
     ("step = -100", lambda t, m: m.update(step=-100)),
     ("lr = 'fast'", lambda t, m: m["optimizer"]["param_groups"][0].update(lr="fast")),
+    (
+        "lr = 9.2e37 (finite, above the run's)",
+        lambda t, m: m["optimizer"]["param_groups"][0].update(lr=9.2e37),
+    ),
     ("Adam state of the wrong shape", lambda t, m: t.update({"optim.0.exp_avg": torch.zeros(3)})),
     ("RNG state missing", lambda t, m: t.pop("rng.torch")),
 ]
