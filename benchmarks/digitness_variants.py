@@ -1,6 +1,6 @@
 """Variants of the not-a-digit score, side by side on one run: which neighbour (k), how many
-shifted views of the picture, and fc1 fused with another layer (pool2, or conv3 where the
-network has it).
+shifted views of the picture, fc1 fused with another layer (pool2, or conv3 where the
+network has it), and (``--more``) other statistics alone and fused with the stored score.
 
 Each variant is shown at two thresholds: the share of validation digits the library flags
 (``--val-rates``, what a user gets), and, for a fair comparison, the threshold that flags
@@ -9,6 +9,16 @@ come from ``tests/nondigits.py`` with ``--seeds`` (0 and 1: the design set; benc
 reports seeds 2 and 3, held out).
 
     .venv/bin/python benchmarks/digitness_variants.py RUN [--seeds 0 1] [-n 600] [--fuse conv3]
+        [--more]
+
+``--more``: other statistics beside the stored score (fc1, nearest neighbour, 5 views), alone
+and fused with it (log validation ranks summed, the other at weight 1 and 0.5): the share of
+the 5 views whose prediction is the unmoved picture's; the share of the best view's 10 nearest
+training digits whose label is its prediction; the length of the unit fc1 vector outside its
+16, 32, 64 or 128 leading directions, those fewer than fc1's width (as in ViM, Wang et al.
+2022: features off the training digits' main subspace), the smallest of the 5 views; the
+maximum softmax probability and the energy of the unmoved picture; the 10th neighbour's
+similarity.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ def main() -> int:
     p.add_argument("--test-rate", type=float, default=0.019)
     p.add_argument("--pool2", action="store_true", help="also fc1 fused with pool2")
     p.add_argument("--fuse", help="also fc1 fused with this layer (e.g. conv3); --pool2: pool2")
+    p.add_argument("--more", action="store_true", help="other statistics, alone and fused")
     args = p.parse_args()
     try:
         model, _ = load_model(args.run)
@@ -117,23 +128,73 @@ def main() -> int:
         for views in (1, 5, 9):
             best = {n: v[:views, :, k - 1].max(0).values.numpy() for n, v in fc1.items()}
             show(f"fc1 k={k}, {views} view(s)", best)
+
+    def ranks(sc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each score as its rank among the validation digits' (0, 1], higher: more digit-like."""
+        val = np.sort(sc["val"])
+        return {n: (np.searchsorted(val, s, side="right") + 0.5) / (len(val) + 1)
+                for n, s in sc.items()}  # fmt: skip
+
+    stored = {n: v[:5, :, 0].max(0).values.numpy() for n, v in fc1.items()}
     other = "pool2" if args.pool2 else args.fuse
     if other:
-        second = neighbours(other)
-        show(
-            f"{other} k=1, 5 views",
-            {n: v[:5, :, 0].max(0).values.numpy() for n, v in second.items()},
-        )
-
-        def ranks(nb: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-            sc = {n: v[:5, :, 0].max(0).values.numpy() for n, v in nb.items()}
-            val = np.sort(sc["val"])
-            return {n: (np.searchsorted(val, s, side="right") + 0.5) / (len(val) + 1)
-                    for n, s in sc.items()}  # fmt: skip
-
-        a, b = ranks(fc1), ranks(second)
+        second = {n: v[:5, :, 0].max(0).values.numpy() for n, v in neighbours(other).items()}
+        show(f"{other} k=1, 5 views", second)
+        a, b = ranks(stored), ranks(second)
         show(f"fc1 + {other} (log ranks)", {n: np.log(a[n]) + np.log(b[n]) for n in a})
+    if args.more:
+        more = more_statistics(model, data, sets)
+        a = ranks(stored)
+        for label, sc in more.items():
+            show(label, sc)
+            b = ranks(sc)
+            for w in (1.0, 0.5):
+                show(f"stored + {w:g} x {label}", {n: np.log(a[n]) + w * np.log(b[n]) for n in a})
     return 0
+
+
+def more_statistics(model, data, sets: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+    """Per statistic, per set: one score per picture, higher for more digit-like (--more)."""
+    train = layer_features(model, data.train.images, "fc1")
+    units = F.normalize(train, dim=1)
+    proj = dg.leading_directions(units, dg.DIMS)
+    refs = F.normalize(units @ proj, dim=1).half().float()
+    lead = dg.leading_directions(units, 128)
+    labels = data.train.labels.long()
+    del train, units
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, images in sets.items():
+        n = len(images)
+        feats, logits = [], []
+        with torch.inference_mode():
+            views = dg.shifted_views(images, 1)
+            for s in range(0, len(views), 1000):
+                lg, acts = model(to_float(views[s : s + 1000]), return_activations=True)
+                feats.append(acts["fc1"].float().reshape(len(lg), -1))
+                logits.append(lg.float())
+        u, lg = F.normalize(torch.cat(feats), dim=1), torch.cat(logits)
+        q = F.normalize(u @ proj, dim=1)
+        top = [(q[s : s + 256] @ refs.T).topk(10, dim=1) for s in range(0, len(q), 256)]
+        sims = torch.cat([t.values for t in top]).reshape(5, n, 10)
+        idx = torch.cat([t.indices for t in top]).reshape(5, n, 10)
+        best = sims[:, :, 0].argmax(0)
+        pred = lg.argmax(1).reshape(5, n)
+        rows = torch.arange(n)
+        kept = pred[best, rows]
+        out.setdefault("views agreeing", {})[name] = (pred == pred[0]).float().mean(0).numpy()
+        out.setdefault("10 neighbours' labels", {})[name] = (
+            (labels[idx[best, rows]] == kept[:, None]).float().mean(1).numpy()
+        )
+        for d in (d for d in (16, 32, 64, 128) if d < u.shape[1]):  # fewer than fc1's width
+            off = 1 - ((u @ lead[:, :d]) ** 2).sum(1)  # squared length off the subspace
+            out.setdefault(f"off {d} directions", {})[name] = (
+                -off.reshape(5, n).min(0).values.numpy()
+            )
+        first = lg.reshape(5, n, 10)[0]
+        out.setdefault("max softmax", {})[name] = first.softmax(1).max(1).values.numpy()
+        out.setdefault("energy", {})[name] = torch.logsumexp(first, 1).numpy()
+        out.setdefault("10th neighbour", {})[name] = sims[:, :, 9].max(0).values.numpy()
+    return out
 
 
 if __name__ == "__main__":
