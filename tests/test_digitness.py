@@ -192,8 +192,14 @@ def test_stored_with_the_run_and_recomputed_when_stale(
         bad = {**v2, "format": dg.FORMAT, "k": "1", "shift": shift}
         save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata=bad)
         assert dg._read(other / dg.DIGITNESS_FILE, digest) is None, shift
-    save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata={**bad, "shift": "2"})
+    rate = {"val_flag_rate": repr(dg.VAL_FLAG_RATE)}
+    save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata={**bad, **rate, "shift": "2"})
     assert dg._read(other / dg.DIGITNESS_FILE, digest).shift == 2
+    # A threshold set at another share of validation (an earlier version's): recalibrated.
+    for other_rate in ({}, {"val_flag_rate": repr(dg.VAL_FLAG_RATE + 0.001)}):
+        meta = {**bad, "shift": "1", **other_rate}
+        save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata=meta)
+        assert dg._read(other / dg.DIGITNESS_FILE, digest) is None, other_rate
     shutil.copy(stored, other / dg.DIGITNESS_FILE)
     assert dg._read(other / dg.DIGITNESS_FILE, digest) is not None
     model_path = other / "model.safetensors"

@@ -20,7 +20,7 @@ The threshold is the ``VAL_FLAG_RATE`` quantile of the validation split's scores
 that share of real digits is flagged. All are stored in the run folder as
 ``digitness.safetensors`` (references float16, projection float32, threshold and settings in its
 metadata), computed on first use and written atomically; it is recomputed if the model file
-changes or the file is of an older format.
+changes, the file is of an older format or its threshold flags another share of validation.
 """
 
 from __future__ import annotations
@@ -212,6 +212,8 @@ def _read(path: Path, digest: str) -> DigitScorer | None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT or meta.get("model_sha256") != digest:
+                return None
+            if meta.get("val_flag_rate") != repr(VAL_FLAG_RATE):  # a threshold set otherwise
                 return None
             if set(f.keys()) != {"references", "projection"}:
                 return None
