@@ -59,7 +59,10 @@ def main() -> int:
         scorer.scores(model, one)
     per = (time.perf_counter() - start) / 20
     print(f"one picture scored in {1000 * per:.1f} ms (forward pass included)")
-    print(f"threshold {scorer.threshold:.4f} (flags {100 * dg.VAL_FLAG_RATE:g}% of validation)")
+    rule = (
+        f"the {100 * dg.VAL_QUANTILE:g}% quantile of validation, neighbour {scorer.k + dg.VAL_SKIP}"
+    )
+    print(f"threshold {scorer.threshold:.4f} ({rule})")
     print(f"MNIST test digits flagged: {100 * scorer.flags(digits).mean():.2f}% of {len(digits)}")
     rng = np.random.default_rng(0)
     photos = np.stack([preprocess_image(photo_like(d.numpy(), rng)) for d in test.images[: args.n]])

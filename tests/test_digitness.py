@@ -122,9 +122,10 @@ def test_a_picture_scores_the_best_of_its_shifted_views(
 def test_the_threshold_is_set_on_validation_scored_with_its_views(
     model, tiny_data: MNISTLike, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """float32, 1e-6: at a share of one half, the threshold is the median of validation's
-    five-view scores, not of the pictures' own. The validation digits are moved 2 px off their
-    place here, so that their moved views score clearly higher than they do."""
+    """float32, 1e-6: at a quantile of one half, the threshold is the median of validation's
+    five-view scores by its second-nearest reference, not of the pictures' own, nor by the
+    nearest. The validation digits are moved 2 px off their place here, so that their moved
+    views score clearly higher than they do."""
     import dataclasses
 
     from mnist_cnn.datasets import Split
@@ -132,12 +133,16 @@ def test_the_threshold_is_set_on_validation_scored_with_its_views(
     n = len(tiny_data.val.images)
     off = dg.shifted_views(tiny_data.val.images, 2)[n : 2 * n]  # moved 2 px right
     data = dataclasses.replace(tiny_data, val=Split("val", off, tiny_data.val.labels))
-    monkeypatch.setattr(dg, "VAL_FLAG_RATE", 0.5)
+    monkeypatch.setattr(dg, "VAL_QUANTILE", 0.5)
     scorer = dg.calibrate(model, data, references=300)
-    plain = dg.DigitScorer(scorer.references, 0.0, scorer.k, scorer.projection, shift=0)
-    best, own = scorer.scores(model, off), plain.scores(model, off)
+    assert scorer.k == dg.K == 1 and dg.VAL_SKIP == 1
+    past = dg.DigitScorer(scorer.references, 0.0, 2, scorer.projection, scorer.shift)
+    plain = dg.DigitScorer(scorer.references, 0.0, 2, scorer.projection, shift=0)
+    best, own = past.scores(model, off), plain.scores(model, off)
     assert scorer.threshold == pytest.approx(float(np.median(best)), abs=1e-6)
     assert float(np.median(own)) < scorer.threshold - 1e-3
+    nearest = float(np.median(scorer.scores(model, off)))  # by the nearest: higher
+    assert nearest > scorer.threshold + 1e-3
 
 
 def test_calibration_flags_its_share_of_validation_and_finds_its_references(
@@ -146,9 +151,13 @@ def test_calibration_flags_its_share_of_validation_and_finds_its_references(
     refs, dims = scorer.references.shape
     assert refs == len(tiny_data.train.images) and dims == dg.DIMS
     assert scorer.references.dtype == torch.float16 and scorer.k == dg.K
-    val = scorer.scores(model, tiny_data.val.images)
-    share = scorer.flags(val).mean()  # the quantile: within one image of the stated share
-    assert abs(share - dg.VAL_FLAG_RATE) <= 1 / len(val) + 1e-9, share
+    # Scored by the (K + VAL_SKIP)-th neighbour, the stated share of validation falls below the
+    # threshold (the quantile: within one image); by the K-th, the score a picture gets, fewer.
+    past = dg.DigitScorer(scorer.references, 0.0, dg.K + dg.VAL_SKIP, scorer.projection)
+    val = past.scores(model, tiny_data.val.images)
+    share = scorer.flags(val).mean()
+    assert abs(share - dg.VAL_QUANTILE) <= 1 / len(val) + 1e-9, share
+    assert scorer.flags(scorer.scores(model, tiny_data.val.images)).mean() <= share
     # A training image is its own nearest reference: through the same projection as the
     # references, its similarity is 1 up to float16 rounding (a mismatch would show here).
     nearest = dg.DigitScorer(scorer.references, scorer.threshold, 1, scorer.projection)
@@ -188,16 +197,18 @@ def test_stored_with_the_run_and_recomputed_when_stale(
     v2 = {"format": "mnist-cnn-digitness-2", "threshold": "0.5", "k": "5", "model_sha256": digest}
     save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata=v2)
     assert dg._read(other / dg.DIGITNESS_FILE, digest) is None
+    rate = {"val_quantile": repr(dg.VAL_QUANTILE), "val_skip": str(dg.VAL_SKIP)}
     for shift in ("5", "-1", "x"):  # a shift this version would not write
-        bad = {**v2, "format": dg.FORMAT, "k": "1", "shift": shift}
+        bad = {**v2, **rate, "format": dg.FORMAT, "k": "1", "shift": shift}
         save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata=bad)
         assert dg._read(other / dg.DIGITNESS_FILE, digest) is None, shift
-    rate = {"val_flag_rate": repr(dg.VAL_FLAG_RATE)}
-    save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata={**bad, **rate, "shift": "2"})
+    save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata={**bad, "shift": "2"})
     assert dg._read(other / dg.DIGITNESS_FILE, digest).shift == 2
-    # A threshold set at another share of validation (an earlier version's): recalibrated.
-    for other_rate in ({}, {"val_flag_rate": repr(dg.VAL_FLAG_RATE + 0.001)}):
-        meta = {**bad, "shift": "1", **other_rate}
+    # A threshold set by another rule (an earlier version's): recalibrated.
+    other_rules = ({"val_quantile": repr(dg.VAL_QUANTILE + 0.001)}, {"val_skip": "0"},
+                   {"val_quantile": None, "val_skip": None, "val_flag_rate": "0.014"})  # fmt: skip
+    for other_rate in other_rules:
+        meta = {k: v for k, v in {**bad, "shift": "1", **other_rate}.items() if v is not None}
         save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata=meta)
         assert dg._read(other / dg.DIGITNESS_FILE, digest) is None, other_rate
     shutil.copy(stored, other / dg.DIGITNESS_FILE)
@@ -311,7 +322,8 @@ def test_the_model_card_describes_the_check(run: Path, scorer: dg.DigitScorer, t
     assert f"{len(scorer.references):,} references of {dg.DIMS} dimensions" in text
     assert "to their nearest neighbour among" in text and scorer.k == 1
     assert "(the best of the image as it is and moved 1 px\nleft, right, up and down)" in text
-    assert f"{100 * dg.VAL_FLAG_RATE:g}% of the\nvalidation images" in text
+    assert f"the {100 * dg.VAL_QUANTILE:g}% quantile of the\nvalidation images' scores" in text
+    assert "each scored by its 2nd nearest neighbour" in text
     assert "mnist-cnn evaluate RUN --ood fashion-mnist" in text
     bare = tmp_path / "bare"
     shutil.copytree(run, bare)
@@ -324,9 +336,10 @@ def test_the_model_card_describes_the_check(run: Path, scorer: dg.DigitScorer, t
 def test_rates_on_real_digits_and_non_digits(trained_run: Path, mnist) -> None:
     """On the shared 600-step MNIST run, with the check conftest stored in it (calibrated on
     3,000 training and 1,000 validation digits; the real one uses all 55,000: docs/inspect.md
-    gives its rates): at most 4% of 1,000 unseen test digits flagged, and at least 45% of 40
+    gives its rates): at most 4% of 1,000 unseen test digits flagged, and at least 40% of 40
     generated non-digit pictures (letters, symbols, scribbles, shapes, paper) flagged or
-    refused as blank. It flags 1.8% and 60% of them; a broken score flags about 1.4% of
+    refused as blank. It flags 1.2% and 50% of them (the network trained in bf16 on an EPYC),
+    1.4% and 57.5% (in fp32, held at AVX2); a score that tells nothing flags about as many of
     both, or everything."""
     model = load_model(trained_run)[0]
     scorer = dg.stored_scorer(trained_run)
@@ -340,4 +353,4 @@ def test_rates_on_real_digits_and_non_digits(trained_run: Path, mnist) -> None:
         except ImageError:
             refused += 1
     caught = (scorer.flags(scorer.scores(model, np.stack(seen))).sum() + refused) / 40
-    assert caught >= 0.45, caught
+    assert caught >= 0.40, caught

@@ -23,7 +23,7 @@ from markupsafe import Markup
 
 from . import rundir
 from .checkpoint import load_model, model_file
-from .digitness import SHIFT, VAL_FLAG_RATE, K, stored_scorer
+from .digitness import SHIFT, VAL_QUANTILE, VAL_SKIP, K, stored_scorer
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 from .rundir import CONFIG_FILE, CURVES_FILE, RESULTS_FILE, RunDir, run_classes
@@ -236,7 +236,8 @@ def build_card(run: str | os.PathLike[str]) -> str:
         "neighbour": "nearest neighbour" if k == 1 else f"{_ordinal(k)} nearest neighbour",
         "shift": shift,
         "threshold": f"{scorer.threshold:.4f}" if scorer else None,
-        "val_flag_rate": f"{100 * VAL_FLAG_RATE:g}%",
+        "val_quantile": f"{100 * VAL_QUANTILE:g}%",
+        "val_neighbour": _ordinal(k + VAL_SKIP) + " nearest neighbour",
     }
     return template.render(
         front_matter=Markup(_yaml(front)),

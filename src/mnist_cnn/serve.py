@@ -46,7 +46,7 @@ from torch import nn
 from .checkpoint import load_model, model_file
 from .datasets import IMAGE_SIZE, load_dataset
 from .device import device_description, select_device
-from .digitness import VAL_FLAG_RATE, DigitScorer, optional_scorer
+from .digitness import DigitScorer, optional_scorer
 from .errors import ConfigError, MnistCnnError
 from .explain import explain as explain_images
 from .limits import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
@@ -411,7 +411,7 @@ class Prediction(BaseModel):
     not_a_digit: bool | None = Field(
         None,
         description="true: not sure this is a digit (the score is below the run's "
-        f"threshold, which flags about {100 * VAL_FLAG_RATE:g}% of real validation digits)",
+        "threshold, set on its validation digits to flag 2% or less of real digits)",
     )
     attribution: EncodedMaps | None = Field(
         None,
