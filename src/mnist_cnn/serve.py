@@ -411,7 +411,7 @@ class Prediction(BaseModel):
     not_a_digit: bool | None = Field(
         None,
         description="true: not sure this is a digit (the score is below the run's "
-        "threshold, set on its validation digits to flag 2% or less of real digits)",
+        "threshold, set on its validation digits so as to flag at most about 2% of real digits)",
     )
     attribution: EncodedMaps | None = Field(
         None,
