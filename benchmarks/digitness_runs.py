@@ -39,9 +39,7 @@ from mnist_cnn.preprocess import ImageError, preprocess_image  # noqa: E402
 from tests.nondigits import non_digit_pictures  # noqa: E402
 
 BLOCK = 500  # images per forward pass
-OTHER_RATE = (
-    0.014  # the share of validation the Gram scores and their fusion flag (docs/inspect.md)
-)
+OTHER_RATE = 0.014  # share of validation the Gram scores and their fusion flag (docs)
 
 
 def at_least_one(text: str) -> int:
