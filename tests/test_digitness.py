@@ -204,6 +204,12 @@ def test_stored_with_the_run_and_recomputed_when_stale(
         assert dg._read(other / dg.DIGITNESS_FILE, digest) is None, shift
     save_file(tensors, str(other / dg.DIGITNESS_FILE), metadata={**bad, "shift": "2"})
     assert dg._read(other / dg.DIGITNESS_FILE, digest).shift == 2
+    # A NaN or infinity among the numbers: no picture would ever be flagged. Recalibrated.
+    for name, value in (("references", float("nan")), ("projection", float("inf"))):
+        poisoned = {k: v.clone() for k, v in tensors.items()}
+        poisoned[name][0, 0] = value
+        save_file(poisoned, str(other / dg.DIGITNESS_FILE), metadata={**bad, "shift": "1"})
+        assert dg._read(other / dg.DIGITNESS_FILE, digest) is None, name
     # A threshold set by another rule (an earlier version's): recalibrated.
     other_rules = ({"val_quantile": repr(dg.VAL_QUANTILE + 0.001)}, {"val_skip": "0"},
                    {"val_quantile": None, "val_skip": None, "val_flag_rate": "0.014"})  # fmt: skip

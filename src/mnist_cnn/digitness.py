@@ -240,6 +240,8 @@ def _read(path: Path, digest: str) -> DigitScorer | None:
         return None  # damaged or not ours: calibrate afresh
     if refs.dtype != torch.float16 or projection.dtype != torch.float32:
         return None
+    if not (torch.isfinite(refs).all() and torch.isfinite(projection).all()):
+        return None  # a NaN scores every picture NaN, and a NaN is never below the threshold
     if not np.isfinite(threshold) or not 1 <= k <= len(refs) or not 0 <= shift <= MAX_SHIFT:
         return None
     return DigitScorer(refs, threshold, k, projection, shift)
