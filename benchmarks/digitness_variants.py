@@ -19,7 +19,10 @@ training digits whose label is its prediction; the length of the unit fc1 vector
 16, 32, 64 or 128 leading directions, those fewer than fc1's width (as in ViM, Wang et al.
 2022: features off the training digits' main subspace), the smallest of the 5 views; the
 maximum softmax probability and the energy of the unmoved picture; the 10th neighbour's
-similarity.
+similarity; the largest pixel cosine between the picture and its 5 nearest training digits in
+fc1 (both blurred: do the digits the network finds nearest also look like it?); and, for a
+network with dropout (the seed's), its own dropout on the unmoved picture's fc1, 32 masks:
+minus the mutual information and minus the entropy of the mean prediction (MC dropout).
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ def more_statistics(model, data, sets: dict[str, torch.Tensor]) -> dict[str, dic
     refs = F.normalize(units @ proj, dim=1).half().float()
     lead = dg.leading_directions(units, 128)
     labels = data.train.labels.long()
+    train_pixels = blurred_units(data.train.images)
     del train, units
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, images in sets.items():
@@ -184,7 +188,8 @@ def more_statistics(model, data, sets: dict[str, torch.Tensor]) -> dict[str, dic
                 lg, acts = model(to_float(views[s : s + 1000]), return_activations=True)
                 feats.append(acts["fc1"].float().reshape(len(lg), -1))
                 logits.append(lg.float())
-        u, lg = F.normalize(torch.cat(feats), dim=1), torch.cat(logits)
+        fc1 = torch.cat(feats)
+        u, lg = F.normalize(fc1, dim=1), torch.cat(logits)
         q = F.normalize(u @ proj, dim=1)
         top = [(q[s : s + 256] @ refs.T).topk(10, dim=1) for s in range(0, len(q), 256)]
         sims = torch.cat([t.values for t in top]).reshape(5, n, 10)
@@ -206,7 +211,43 @@ def more_statistics(model, data, sets: dict[str, torch.Tensor]) -> dict[str, dic
         out.setdefault("max softmax", {})[name] = first.softmax(1).max(1).values.numpy()
         out.setdefault("energy", {})[name] = torch.logsumexp(first, 1).numpy()
         out.setdefault("10th neighbour", {})[name] = sims[:, :, 9].max(0).values.numpy()
+        # Do the network's nearest training digits also look like the picture? The largest
+        # pixel cosine (both blurred) between the picture and its 5 nearest in fc1.
+        near = idx[best, rows][:, :5]
+        mine = blurred_units(images)
+        out.setdefault("pixels of the 5 fc1 neighbours", {})[name] = torch.cat(
+            [
+                (train_pixels[near[s : s + 256]] * mine[s : s + 256, None]).sum(-1).max(1).values
+                for s in range(0, n, 256)
+            ]  # fmt: skip
+        ).numpy()
+        p = float(getattr(getattr(model, "config", None), "dropout", 0.0) or 0.0)
+        if p > 0:  # the network's own dropout, 32 masks on fc1 (Gal & Ghahramani, 2016)
+            h = fc1[:n]  # the unmoved picture's (the views come view by view)
+            gen = torch.Generator().manual_seed(0)
+            with torch.inference_mode():
+                probs = torch.stack([
+                    model.fc2(h * (torch.rand(h.shape, generator=gen) >= p) / (1 - p)).softmax(1)
+                    for _ in range(32)
+                ])  # fmt: skip
+            mean = probs.mean(0)
+            entropy = -(mean * mean.clamp_min(1e-12).log()).sum(1)
+            expected = -(probs * probs.clamp_min(1e-12).log()).sum(2).mean(0)
+            out.setdefault("MC dropout: mutual information", {})[name] = -(
+                entropy - expected
+            ).numpy()
+            out.setdefault("MC dropout: predictive entropy", {})[name] = -entropy.numpy()
     return out
+
+
+def blurred_units(images: torch.Tensor) -> torch.Tensor:
+    """(N, 784) unit rows of the images blurred twice by a 3×3 binomial kernel."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = ((k[:, None] * k[None]) / 16).view(1, 1, 3, 3)
+    x = to_float(images).unsqueeze(1)
+    for _ in range(2):
+        x = F.conv2d(x, k, padding=1)
+    return F.normalize(x.flatten(1), dim=1)
 
 
 if __name__ == "__main__":
