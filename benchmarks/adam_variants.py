@@ -35,6 +35,8 @@ def main() -> int:
     p.add_argument("--updates", type=int, default=20, help="updates per round (20)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if min(args.rounds, args.updates, args.threads or 1) < 1:
+        p.error("--rounds, --updates and --threads must be at least 1")
     if os.environ.get("MNIST_CNN_DRY_RUN"):
         return 0
     if args.threads:

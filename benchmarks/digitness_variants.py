@@ -221,7 +221,7 @@ def more_statistics(model, data, sets: dict[str, torch.Tensor]) -> dict[str, dic
                 for s in range(0, n, 256)
             ]  # fmt: skip
         ).numpy()
-        p = float(getattr(getattr(model, "config", None), "dropout", 0.0) or 0.0)
+        p = float(model.config.dropout)  # both networks: fc1 → ReLU → dropout → fc2
         if p > 0:  # the network's own dropout, 32 masks on fc1 (Gal & Ghahramani, 2016)
             h = fc1[:n]  # the unmoved picture's (the views come view by view)
             gen = torch.Generator().manual_seed(0)

@@ -38,6 +38,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--repeats", type=int, default=40)
     args = p.parse_args()
+    if min(args.batch_size, args.repeats) < 1:
+        p.error("--batch-size and --repeats must be at least 1")
     if os.environ.get("MNIST_CNN_DRY_RUN"):
         return 0
     dtype = getattr(torch, args.dtype)
