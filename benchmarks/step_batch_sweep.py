@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from mnist_cnn.bench import matmul_rate, step_flops  # noqa: E402
+from mnist_cnn.errors import ConfigError  # noqa: E402
 from mnist_cnn.model import ModelConfig, build_model  # noqa: E402
 from mnist_cnn.step import build_step, make_optimizer, prepare_model, resolve_plan  # noqa: E402
 
@@ -57,7 +58,10 @@ def main() -> int:
     args = parser.parse_args()
     sizes = sorted(set(args.batch_sizes))
     if min(args.rounds, args.steps, *sizes) < 1 or args.threads < 0 or len(sizes) < 2:
-        parser.error("two or more batch sizes, all and --rounds/--steps at least 1")
+        parser.error(
+            "give two or more batch sizes; they, --rounds and --steps must be at least 1, "
+            "--threads at least 0"
+        )
     if not 0 <= args.target < 1:
         parser.error("--target is a fraction of the rate, below 1")
     if os.environ.get("MNIST_CNN_DRY_RUN"):  # the docs test: start-up and arguments only
@@ -66,7 +70,11 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    plan = resolve_plan(device, args.precision)
+    try:
+        plan = resolve_plan(device, args.precision)
+    except ConfigError as err:  # bf16 asked for where it is only emulated: one line
+        print(f"step_batch_sweep: {err}", file=sys.stderr)
+        return 2
     config = ModelConfig()
     gen = torch.Generator().manual_seed(0)
     steps = {}

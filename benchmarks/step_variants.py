@@ -30,6 +30,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from mnist_cnn.errors import ConfigError  # noqa: E402
 from mnist_cnn.model import ModelConfig, build_model  # noqa: E402
 from mnist_cnn.step import build_step, make_optimizer, prepare_model, resolve_plan  # noqa: E402
 from mnist_cnn.train import preset_config  # noqa: E402
@@ -96,7 +97,11 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    fast = resolve_plan(device, "bf16")  # refused in one line where bf16 is not native
+    try:
+        fast = resolve_plan(device, "bf16")
+    except ConfigError as err:  # bf16 only emulated here: one line
+        print(f"step_variants: {err}", file=sys.stderr)
+        return 2
     variants = {
         "plain step (fp32, NCHW, Adam)": resolve_plan(device, "fp32", plain=True),
         "fast bf16, autocast casts": dataclasses.replace(fast, bf16_weights=False),
