@@ -3,7 +3,7 @@ step is paid once per step whatever the batch (Adam, the weight copies, the prod
 traffic) and how fast the per-image arithmetic runs.
 
     .venv/bin/python benchmarks/step_batch_sweep.py [--batch-sizes 2 10 25 50 100]
-        [--rounds 6] [--steps 10] [--precision auto] [--threads N]
+        [--rounds 6] [--steps 10] [--precision auto] [--threads N] [--target F]
 
 Each round times ``--steps`` steps at each batch size in turn on one fixed batch (the steps
 alone, no data feed), so background load falls on all alike; the median per step is fitted as
@@ -35,6 +35,7 @@ from mnist_cnn.step import build_step, make_optimizer, prepare_model, resolve_pl
 # Issue 10's targets: the bf16 step at >= 65% of the bf16 matrix-multiply rate, the fp32 step at
 # >= 85% of the fp32 rate (on an AVX2-only CPU).
 TARGETS = {"bf16": 0.65, "fp32": 0.85}
+MAX_BATCH = 4096  # far past where the fit is told apart; keeps a typo from allocating gigabytes
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -62,6 +63,8 @@ def main() -> int:
             "give two or more batch sizes; they, --rounds and --steps must be at least 1, "
             "--threads at least 0"
         )
+    if max(sizes) > MAX_BATCH:
+        parser.error(f"batch sizes up to {MAX_BATCH}")
     if not 0 <= args.target < 1:
         parser.error("--target is a fraction of the rate, below 1")
     if os.environ.get("MNIST_CNN_DRY_RUN"):  # the docs test: start-up and arguments only
@@ -105,6 +108,13 @@ def main() -> int:
         gflops = step_flops(config, batch) / sec / 1e9
         print(f"{batch:>6} {1e3 * sec:>9.2f} {gflops:>9.0f} {gflops / rate:>8.0%}")
     fixed, per_image = fit_line([float(b) for b in medians], list(medians.values()))
+    if per_image <= 0 or fixed + 50 * per_image <= 0:  # noise swamped sizes too close together
+        print(
+            "step_batch_sweep: the times do not grow with the batch; "
+            "give batch sizes further apart or more --rounds",
+            file=sys.stderr,
+        )
+        return 1
     image_rate = step_flops(config, 1) / per_image / 1e9
     print(
         f"fit: {1e3 * fixed:.2f} ms per step whatever the batch + {1e3 * per_image:.3f} ms "
